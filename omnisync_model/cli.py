@@ -1,0 +1,236 @@
+"""The ``omnisync`` command line: lipsync, info (and the subcommands other modules register).
+
+Errors in arguments or files end with a one-line message on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+log = logging.getLogger("omnisync")
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error the user can fix: printed as one line, exit status 2."""
+
+
+class ProgressBar:
+    """A plain text progress bar on stderr (no dependency), updated at most ~10 times a second."""
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 0.1:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / max(done, 1) * (total - done)
+        msg = f"{self.label} {done}/{total} steps ({100 * done / max(total, 1):.0f}%) {elapsed:.0f}s elapsed, ~{eta:.0f}s left"
+        if self.enabled:
+            sys.stderr.write("\r" + msg + ("\n" if done >= total else ""))
+            sys.stderr.flush()
+        elif done >= total or int(elapsed) % 10 == 0:
+            log.info(msg)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    from .guidance import DSCFG
+    from .pipeline import LipSyncOptions
+
+    d, g = LipSyncOptions(), DSCFG()
+    p.add_argument("--tau", type=unit_float, default=d.tau, help="progressive init strength (1 = pure noise)")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="Euler steps from tau down to 0")
+    p.add_argument("--shift", type=float, default=d.shift, help="sigma schedule shift (1 = linear)")
+    p.add_argument("--window", type=positive_int, default=d.window, help="frames per temporal window")
+    p.add_argument("--overlap", type=int, default=d.overlap, help="frames shared by consecutive windows")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--w-peak", type=float, default=g.w_peak, help="DS-CFG peak weight at the mouth")
+    p.add_argument("--w-base", type=float, default=g.w_base, help="DS-CFG weight far from the mouth")
+    p.add_argument("--radius", type=float, default=g.radius, help="DS-CFG Gaussian radius (fraction of frame)")
+    p.add_argument("--gamma", type=float, default=g.gamma, help="DS-CFG temporal decay exponent")
+
+
+def options_from_args(args: argparse.Namespace):
+    from .guidance import DSCFG
+    from .pipeline import LipSyncOptions
+
+    try:
+        guidance = DSCFG(w_peak=args.w_peak, w_base=args.w_base, radius=args.radius, gamma=args.gamma)
+        return LipSyncOptions(tau=args.tau, steps=args.steps, shift=args.shift, window=args.window,
+                              overlap=args.overlap, seed=args.seed, guidance=guidance)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda was asked for, but no CUDA device is available")
+    return device
+
+
+def load_model(checkpoint: Optional[Path], device: torch.device):
+    from .weights import CheckpointError, default_checkpoint, load_checkpoint
+
+    path = checkpoint or default_checkpoint()
+    if path is None:
+        raise CliError("no --checkpoint given and no shipped demo checkpoint found")
+    try:
+        return load_checkpoint(path, device=device)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_lipsync(args: argparse.Namespace) -> int:
+    from .lipsync_file import lipsync_file
+
+    options = options_from_args(args)
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    summary = lipsync_file(args.video, args.audio, args.out, model, options, box=args.box, size=args.size,
+                           progress=ProgressBar("lipsync", not args.quiet))
+    print(summary)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .weights import CheckpointError, read_checkpoint_info
+
+    try:
+        config, metadata, n_params = read_checkpoint_info(args.checkpoint)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"checkpoint: {args.checkpoint}")
+    for key, value in config.to_dict().items():
+        print(f"  {key}: {value}")
+    print(f"parameters: {n_params:,}")
+    for key, value in sorted(metadata.items()):
+        if key != "omnisync_config":
+            print(f"  meta {key}: {value}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .config import get_preset
+    from .model import OmniSyncModel, count_parameters
+    from .weights import save_checkpoint
+
+    try:
+        config = get_preset(args.preset)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    torch.manual_seed(args.seed)
+    model = OmniSyncModel(config)
+    save_checkpoint(args.out, model, metadata={"note": "randomly initialised (untrained)"})
+    print(f"wrote {args.out}: preset {config.name}, {count_parameters(model):,} parameters (untrained)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnisync", description="OmniSync mask-free lip sync")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lipsync", help="lip-sync a video file to an audio file")
+    p.add_argument("--video", type=existing_file, required=True)
+    p.add_argument("--audio", type=existing_file, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output .mp4 (the new audio is muxed in)")
+    p.add_argument("--checkpoint", type=existing_file, default=None, help="default: the shipped demo model")
+    p.add_argument("--box", default=None, help="face box 'x,y,w,h' in pixels (default: the whole frame)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="working size: the box's longer side is resized to this (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_lipsync)
+
+    p = sub.add_parser("info", help="print a checkpoint's config and parameter count")
+    p.add_argument("checkpoint", type=existing_file)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("init", help="write a randomly initialised checkpoint of a preset (for tests)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_init)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable]:
+    """Subcommands defined next to their code (train, bench, perf) register themselves here."""
+    registrars = []
+    for module in ("train", "bench", "perf"):
+        try:
+            mod = __import__(f"{__package__}.{module}", fromlist=["register_cli"])
+        except ImportError as exc:
+            if exc.name and exc.name.endswith(module):
+                continue
+            raise
+        if hasattr(mod, "register_cli"):
+            registrars.append(mod.register_cli)
+    return registrars
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CliError as exc:
+        sys.stderr.write(f"omnisync {args.command}: error: {exc}\n")
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        if args.verbose:
+            raise
+        sys.stderr.write(f"omnisync {args.command}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"omnisync {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

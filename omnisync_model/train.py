@@ -1,0 +1,335 @@
+"""Training with the OmniSync recipe on the synthetic talking-face suite (``omnisync train``).
+
+Mask-free objective (conditional flow matching, linear path): the target is the window whose lips match the audio;
+the visual condition is a *different* window of the same clip, so its lips belong to other speech and cannot be
+copied. Timestep-dependent pairs: for sigma above ``threshold`` (default 0.85, the paper's 850/1000) the condition
+is a pseudo-pair (same frames and pose, only the mouth differs, rendered from other speech); below it, an arbitrary
+other window of the same clip. Audio is dropped with probability ``audio_dropout`` so that CFG has an
+unconditional branch. AdamW, EMA weights, checkpoint + resume (safetensors only), single process or torchrun/DDP.
+
+Shape legend: B batch, T frames per window (= latent frames, pixel codec), C latent channels, h, w latent size,
+F clip frames, H, W frame size, K audio tokens per frame, A audio width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from .audio import frame_centre_times
+from .codec import PixelCodec
+from .config import get_preset
+from .flow import noisy_sample, velocity_target
+from .model import OmniSyncModel, count_parameters
+from .synthetic import ClipSpec, make_clip, make_speech, mouth_opening
+from .weights import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+TRAIN_STYLES = ("realistic", "cartoon", "anime", "animal")  # "sketch" is held out for the benchmark
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "small"
+    prediction: str = "source_x0"
+    steps: int = 3000
+    batch: int = 8
+    frames: int = 16
+    size: int = 64
+    clips: int = 192
+    clip_seconds: float = 4.0
+    fps_choices: tuple[float, ...] = (24.0, 25.0, 30.0)
+    styles: tuple[str, ...] = TRAIN_STYLES
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    threshold: float = 0.85
+    audio_dropout: float = 0.1
+    ema: float = 0.998
+    seed: int = 0
+    data_seed: int = 1000
+    log_every: int = 10
+    save_every: int = 250
+    bf16: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames < 2 or self.batch < 1 or self.steps < 1:
+            raise ValueError("frames >= 2, batch >= 1 and steps >= 1 are required")
+        if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.audio_dropout < 1.0:
+            raise ValueError("threshold must be in [0, 1] and audio_dropout in [0, 1)")
+
+
+@dataclass
+class ClipData:
+    frames: torch.Tensor  # [F,H,W,3] uint8, lips driven by this clip's speech
+    pseudo: torch.Tensor  # [F,H,W,3] uint8, same spec, lips from other speech
+    wave: torch.Tensor  # [N] 16 kHz
+    fps: float
+
+
+def _to_u8(frames: torch.Tensor) -> torch.Tensor:
+    return (frames * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def make_clip_data(index: int, tc: TrainConfig) -> ClipData:
+    """One training clip: spec seeded by (data_seed + index); style cycles; fps from fps_choices."""
+    seed = tc.data_seed + index
+    fps = tc.fps_choices[index % len(tc.fps_choices)]
+    n = int(round(tc.clip_seconds * fps))
+    spec = ClipSpec(seed=seed, style=tc.styles[index % len(tc.styles)], n_frames=n, fps=fps, size=tc.size,
+                    occluder=index % 5 == 4)
+    wave, _ = make_speech(seed, tc.clip_seconds)
+    other, _ = make_speech(seed + 7_919_000, tc.clip_seconds)
+    own = make_clip(spec, mouth_opening(wave, 16000, fps, n))
+    fake = make_clip(spec, mouth_opening(other, 16000, fps, n))
+    return ClipData(_to_u8(own.frames), _to_u8(fake.frames), wave, fps)
+
+
+class Batches:
+    """Samples (target, condition, sigma, audio) batches from an in-memory synthetic set."""
+
+    def __init__(self, tc: TrainConfig, clips: list[ClipData], seed: int):
+        self.tc, self.clips = tc, clips
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.gen))
+
+    def _other_start(self, n: int, a: int) -> int:
+        """A window start whose frames do not overlap [a, a+T) when the clip allows it."""
+        t = self.tc.frames
+        choices = [c for c in range(n - t + 1) if abs(c - a) >= t] or [c for c in range(n - t + 1) if c != a] or [a]
+        return choices[self._randint(len(choices))]
+
+    def sample(self) -> dict:
+        tc = self.tc
+        sig = torch.rand(tc.batch, generator=self.gen)
+        tgt, cond, starts, idx = [], [], [], []
+        for b in range(tc.batch):
+            i = self._randint(len(self.clips))
+            clip = self.clips[i]
+            n = clip.frames.shape[0]
+            a = self._randint(n - tc.frames + 1)
+            tgt.append(clip.frames[a:a + tc.frames])
+            if sig[b] > tc.threshold:  # pseudo-pair: same pose, other lips
+                cond.append(clip.pseudo[a:a + tc.frames])
+            else:  # arbitrary other window of the same clip
+                c = self._other_start(n, a)
+                cond.append(clip.frames[c:c + tc.frames])
+            starts.append(a)
+            idx.append(i)
+        drop = torch.rand(tc.batch, generator=self.gen) < tc.audio_dropout
+        c = 3 * 4 * 4
+        noise = torch.randn((tc.batch, c, tc.frames, tc.size // 4, tc.size // 4), generator=self.gen)
+        return {"target": torch.stack(tgt), "cond": torch.stack(cond), "sigma": sig, "drop": drop,
+                "starts": starts, "clips": idx, "noise": noise}
+
+
+def encode_batch(codec: PixelCodec, frames_u8: torch.Tensor) -> torch.Tensor:
+    """[B,T,H,W,3] uint8 -> [B,C,T,h,w] latents."""
+    return torch.cat([codec.encode(f.float() / 255.0) for f in frames_u8], dim=0)
+
+
+def batch_audio_tokens(model: OmniSyncModel, clips: list[ClipData], batch: dict, frames: int) -> torch.Tensor:
+    """Audio tokens [B,T,K,A] for each target window, from the clip's whole waveform (absolute time)."""
+    out = []
+    for i, a in zip(batch["clips"], batch["starts"]):
+        clip = clips[i]
+        centres = frame_centre_times(frames, clip.fps) + a / clip.fps  # [T] seconds
+        out.append(model.audio_tokens(clip.wave[None], 0.0, centres))
+    return torch.cat(out, dim=0)
+
+
+class FlowLoss(torch.nn.Module):
+    """The whole loss as one module, so DDP sees every parameter (DiT and audio encoder) in one forward."""
+
+    def __init__(self, model: OmniSyncModel, clips: list[ClipData], codec: PixelCodec):
+        super().__init__()
+        self.model, self.clips, self.codec = model, clips, codec
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Flow-matching loss. For prediction='source_x0' it is measured on x0 (= sigma^2 * velocity error)."""
+        x0 = encode_batch(self.codec, batch["target"])  # [B,C,T,h,w]
+        src = encode_batch(self.codec, batch["cond"])
+        noise = batch["noise"]  # [B,C,T,h,w] standard normal
+        sigma = batch["sigma"]
+        x = noisy_sample(x0, noise, sigma)
+        audio = batch_audio_tokens(self.model, self.clips, batch, x0.shape[2])
+        v = self.model(x, src, sigma, audio, drop_audio=batch["drop"])
+        err = v.float() - velocity_target(x0, noise)
+        if self.model.config.prediction == "source_x0":
+            err = err * sigma.view(-1, 1, 1, 1, 1)  # [B] -> [B,1,1,1,1]: x0 error
+        return err.pow(2).mean()
+
+
+class Trainer:
+    def __init__(self, tc: TrainConfig, out_dir: Path, resume: bool = False):
+        self.tc, self.out = tc, out_dir
+        self.rank, self.world = _dist_info()
+        torch.manual_seed(tc.seed)
+        cfg = get_preset(tc.preset).replace(prediction=tc.prediction, extra={"resolution": tc.size})
+        self.model = OmniSyncModel(cfg)
+        self.ema = OmniSyncModel(cfg).requires_grad_(False)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.codec = PixelCodec(4)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+        self.step = 0
+        if resume and (out_dir / "train_state.safetensors").exists():
+            self._load_state()
+        self.clips: list[ClipData] = []
+        self.loss_fn: Optional[torch.nn.Module] = None
+
+    def set_data(self, clips: list[ClipData]) -> None:
+        self.clips = clips
+        loss = FlowLoss(self.model, clips, self.codec)
+        self.loss_fn = torch.nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
+
+    def lr_at(self, step: int) -> float:
+        tc = self.tc
+        if step < tc.warmup:
+            return tc.lr * (step + 1) / tc.warmup
+        progress = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+        return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def train_step(self, batch: dict) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tc.bf16 and not torch.cuda.is_available()):
+            loss = self.loss_fn(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self._update_ema()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = min(self.tc.ema, (1 + self.step) / (10 + self.step))
+        for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+            pe.lerp_(pm.detach(), 1 - d)
+
+    def save(self) -> Path:
+        if self.rank != 0:
+            return self.out / "checkpoint.safetensors"
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = {"train_config": json.dumps(asdict(self.tc), default=list), "train_step": str(self.step)}
+        save_checkpoint(self.out / "checkpoint.safetensors", self.ema, metadata=meta)
+        tensors = {f"model.{k}": v.contiguous() for k, v in self.model.state_dict().items()}
+        for i, (name, p) in enumerate(self.model.named_parameters()):
+            st = self.opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st:
+                    tensors[f"opt.{name}.{key}"] = st[key].contiguous()
+        tmp = self.out / "train_state.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata={"step": str(self.step), "opt_step": str(self._opt_step())})
+        os.replace(tmp, self.out / "train_state.safetensors")
+        return self.out / "checkpoint.safetensors"
+
+    def _opt_step(self) -> int:
+        for st in self.opt.state.values():
+            return int(st["step"])
+        return 0
+
+    def _load_state(self) -> None:
+        from safetensors import safe_open
+
+        path = self.out / "train_state.safetensors"
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema = load_checkpoint(self.out / "checkpoint.safetensors").requires_grad_(False)
+        opt_step = torch.tensor(float(meta["opt_step"]))
+        for name, p in self.model.named_parameters():
+            if f"opt.{name}.exp_avg" in tensors:
+                self.opt.state[p] = {"step": opt_step.clone(), "exp_avg": tensors[f"opt.{name}.exp_avg"],
+                                     "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]}
+        self.step = int(meta["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_dataset(tc: TrainConfig) -> list[ClipData]:
+    t0 = time.perf_counter()
+    clips = [make_clip_data(i, tc) for i in range(tc.clips)]
+    log.info("generated %d synthetic clips (%s) in %.1fs", len(clips), ", ".join(tc.styles), time.perf_counter() - t0)
+    return clips
+
+
+def run_training(tc: TrainConfig, out_dir: Path, resume: bool = False,
+                 clips: Optional[list[ClipData]] = None) -> tuple[Trainer, list[float]]:
+    """Train for ``tc.steps`` optimiser steps (continuing a saved run when ``resume``); returns the losses."""
+    trainer = Trainer(tc, out_dir, resume=resume)
+    trainer.set_data(clips if clips is not None else build_dataset(tc))
+    batches = Batches(tc, trainer.clips, seed=tc.seed * 7919 + trainer.rank + 1000 * trainer.step)
+    if trainer.rank == 0:
+        log.info("training %s (%s parameters, prediction=%s) for %d steps, batch %d x %d frames x %dpx, world %d",
+                 tc.preset, f"{count_parameters(trainer.model):,}", tc.prediction, tc.steps, tc.batch, tc.frames,
+                 tc.size, trainer.world)
+    losses: list[float] = []
+    t0, recent = time.perf_counter(), []
+    while trainer.step < tc.steps:
+        loss = trainer.train_step(batches.sample())
+        losses.append(loss)
+        recent.append(loss)
+        if trainer.rank == 0 and (trainer.step % tc.log_every == 0 or trainer.step == tc.steps):
+            rate = trainer.step / max(time.perf_counter() - t0, 1e-9)
+            log.info("step %d/%d loss %.5f lr %.2e (%.2f steps/s)", trainer.step, tc.steps,
+                     sum(recent) / len(recent), trainer.lr_at(trainer.step), rate)
+            recent = []
+        if trainer.step % tc.save_every == 0 or trainer.step == tc.steps:
+            trainer.save()
+    return trainer, losses
+
+
+def register_cli(sub) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a model with the OmniSync recipe on synthetic talking faces")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint + resumable state)")
+    p.add_argument("--preset", default=d.preset)
+    p.add_argument("--prediction", default=d.prediction, choices=("velocity", "source_x0"))
+    for name in ("steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every", "save_every"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast on CPU)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    names = ("preset", "prediction", "steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every",
+             "save_every", "lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay")
+    tc = TrainConfig(bf16=not args.no_bf16, **{n: getattr(args, n) for n in names})
+    trainer, losses = run_training(tc, args.out, resume=args.resume)
+    if trainer.rank == 0:
+        head = sum(losses[:20]) / max(1, len(losses[:20]))
+        tail = sum(losses[-20:]) / max(1, len(losses[-20:]))
+        print(f"trained to step {trainer.step}: loss {head:.5f} (first 20) -> {tail:.5f} (last 20); "
+              f"checkpoint {args.out / 'checkpoint.safetensors'}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0

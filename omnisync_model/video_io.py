@@ -1,0 +1,438 @@
+"""Video and audio file I/O with PyAV (no ffmpeg binary, no torchvision / torchaudio).
+
+Reading returns frames as float32 [F, H, W, 3] in 0..1 (or uint8) torch tensors, the frame rate as an exact
+``Fraction`` (29.97 fps is 30000/1001) and the audio as float32 [C, N] with its sample rate. Frames are turned
+upright when the file carries a display rotation (phone videos), as ffmpeg does; mirror flags are ignored.
+``read_video`` aligns the audio to the first video frame (leading silence is added, or early samples dropped, when
+the streams start at different times). ``iter_video_frames`` streams long videos in chunks.
+
+``VideoWriter`` writes H.264 (libx264, yuv420p) with an AAC track, atomically: it writes to a temporary file next
+to the target and renames it on success, so a failed write leaves nothing behind. yuv420p needs even sizes: odd
+widths / heights are padded by one replicated pixel column / row (the file is then 1 pixel wider / taller).
+
+Shape legend
+  F frames   H, W frame height, width   C audio channels   N audio samples
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Union
+
+import av
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+Audio = tuple[torch.Tensor, int]  # (waveform float32 [C, N], sample rate)
+FFmpegError = av.error.FFmpegError
+LAYOUTS = {1: "mono", 2: "stereo"}  # channel layouts the writer accepts
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+class MediaError(ValueError):
+    """A media file cannot be read or written (no such stream, not a media file, decoder failure)."""
+
+
+@dataclass
+class VideoData:
+    frames: torch.Tensor  # [F, H, W, 3] float32 0..1, or uint8
+    fps: Fraction
+    audio: Optional[Audio]  # (waveform float32 [C, N], sample rate), aligned to the first frame
+
+
+class VideoInfo(NamedTuple):
+    n_frames: int
+    fps: Fraction
+    width: int
+    height: int
+    has_audio: bool
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _open(path: PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"media file not found: {path}")
+    if path.is_dir():
+        raise MediaError(f"{path} is a directory, not a media file")
+    try:
+        return av.open(str(path))
+    except FFmpegError as exc:
+        raise MediaError(f"{path} cannot be opened as a video/audio file: {exc}") from exc
+
+
+def _video_stream(container, path: PathLike):
+    if not container.streams.video:
+        raise MediaError(f"{path} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def to_fraction(fps: Union[Fraction, int, float, str]) -> Fraction:
+    """Exact frame rate: NTSC-style floats (23.976, 29.97, 59.94) become n*1000/1001, others a short fraction."""
+    if isinstance(fps, (Fraction, int)):
+        rate = Fraction(fps)
+    else:
+        value = float(fps)
+        ntsc = value * 1.001
+        if abs(ntsc - round(ntsc)) < 1e-3 and abs(value - round(value)) > 1e-3:
+            rate = Fraction(round(ntsc) * 1000, 1001)
+        else:
+            rate = Fraction(value).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return rate
+
+
+def _stream_fps(stream, path: PathLike) -> Fraction:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    logger.warning("%s has no frame rate; assuming 25 fps", path)
+    return Fraction(25)
+
+
+def _rotation(frame) -> int:
+    """Display rotation in counter-clockwise degrees (0 when PyAV is too old to report it)."""
+    return getattr(frame, "rotation", 0) or 0
+
+
+def _upright(frame) -> np.ndarray:
+    """Decoded frame -> uint8 [H, W, 3], rotated by the display matrix (counter-clockwise degrees)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round(_rotation(frame) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _decode_uint8(path: PathLike, max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
+    """Yield upright uint8 [H, W, 3] frames of the first video stream."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if max_frames is not None and i >= max_frames:
+                    return
+                yield _upright(frame)
+        except FFmpegError as exc:
+            raise MediaError(f"{path}: video decoding failed: {exc}") from exc
+
+
+def _to_float(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).float().div_(255.0)
+
+
+def iter_video_frames(path: PathLike, chunk: int = 16, max_frames: Optional[int] = None) -> Iterator[torch.Tensor]:
+    """Stream a video as float32 chunks [n <= chunk, H, W, 3] in 0..1, so long videos need not fit in memory."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    buffer: list[np.ndarray] = []
+    for frame in _decode_uint8(path, max_frames):
+        buffer.append(frame)
+        if len(buffer) == chunk:
+            yield _to_float(np.stack(buffer))
+            buffer = []
+    if buffer:
+        yield _to_float(np.stack(buffer))
+
+
+def probe_video(path: PathLike) -> VideoInfo:
+    """(n_frames, fps, width, height, has_audio) without decoding the whole file.
+
+    The frame count comes from the container; when it is missing the video packets are counted (no decoding).
+    Width and height are those of the upright frames.
+    """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        fps = _stream_fps(stream, path)
+        has_audio = bool(container.streams.audio)
+        try:
+            first = next(container.decode(stream), None)
+        except FFmpegError as exc:
+            raise MediaError(f"{path}: video decoding failed: {exc}") from exc
+        if first is None:
+            raise MediaError(f"{path} has a video stream without frames")
+        turned = round(_rotation(first) / 90) % 2 == 1
+        width, height = (first.height, first.width) if turned else (first.width, first.height)
+        n_frames = stream.frames
+    if not n_frames:
+        n_frames = _count_packets(path)
+    return VideoInfo(int(n_frames), fps, int(width), int(height), has_audio)
+
+
+def _count_packets(path: PathLike) -> int:
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def _decode_audio(path: PathLike) -> tuple[np.ndarray, int, float]:
+    """First audio stream -> (float32 [C, N], sample rate, start time of the first sample in seconds)."""
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        parts: list[np.ndarray] = []
+        start, rate, resampler = 0.0, 0, None
+        try:
+            for frame in container.decode(stream):
+                if resampler is None:
+                    start = float(frame.time) if frame.time is not None else 0.0
+                    resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+                    rate = frame.sample_rate
+                parts.extend(f.to_ndarray() for f in resampler.resample(frame))  # fltp frames: [C, n]
+            if resampler is not None:
+                parts.extend(f.to_ndarray() for f in resampler.resample(None))
+        except FFmpegError as exc:
+            raise MediaError(f"{path}: audio decoding failed: {exc}") from exc
+    if not parts:
+        raise MediaError(f"{path}: the audio stream holds no samples")
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False), int(rate), start
+
+
+def read_audio(path: PathLike) -> Audio:
+    """Decode the first audio track of any file PyAV reads (wav, mp3, flac, aac, m4a, mp4 ...).
+
+    Returns (waveform float32 [C, N], sample_rate). Raises ``FileNotFoundError`` or :class:`MediaError`.
+    """
+    wave, rate, _ = _decode_audio(path)
+    return torch.from_numpy(np.ascontiguousarray(wave)), rate
+
+
+def _video_start(path: PathLike) -> float:
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        if stream.start_time is None:
+            return 0.0
+        return float(stream.start_time * stream.time_base)
+
+
+def _align_audio(wave: np.ndarray, rate: int, offset: float) -> np.ndarray:
+    """Shift audio that starts ``offset`` seconds after the first video frame (negative: before it)."""
+    shift = int(round(offset * rate))
+    if shift > 0:
+        return np.concatenate((np.zeros((wave.shape[0], shift), np.float32), wave), axis=1)
+    return wave[:, -shift:] if shift < 0 else wave
+
+
+def read_video(path: PathLike, max_frames: Optional[int] = None, as_uint8: bool = False,
+               with_audio: bool = True) -> VideoData:
+    """Read a whole video: frames [F, H, W, 3] (float32 0..1, or uint8), exact fps, audio aligned to frame 0.
+
+    Float frames of a long video need a lot of memory (1080p: 25 MB per frame): use ``iter_video_frames``.
+    ``audio`` is None when the file has no audio track (or ``with_audio`` is False); it is not trimmed.
+    """
+    info = probe_video(path)
+    frames = list(_decode_uint8(path, max_frames))
+    if not frames:
+        raise MediaError(f"{path} has no decodable video frames")
+    stacked = torch.from_numpy(np.stack(frames))  # [F, H, W, 3] uint8
+    audio = None
+    if with_audio and info.has_audio:
+        wave, rate, start = _decode_audio(path)
+        wave = _align_audio(wave, rate, start - _video_start(path))
+        audio = (torch.from_numpy(np.ascontiguousarray(wave)), rate)
+    return VideoData(stacked if as_uint8 else stacked.float().div_(255.0), info.fps, audio)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def _as_uint8(frames) -> np.ndarray:
+    """float 0..1 or uint8 frames (torch or numpy) [n, H, W, 3] or [H, W, 3] -> uint8 numpy [n, H, W, 3]."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        frames = frames.numpy() if frames.dtype == torch.uint8 else frames.float().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [n, H, W, 3], got {list(frames.shape)}")
+    if frames.dtype == np.uint8:
+        return frames
+    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _pad_even(frames: np.ndarray) -> np.ndarray:
+    """Replicate the last row / column so height and width are even (yuv420p)."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frames
+
+
+def _audio_array(audio) -> tuple[np.ndarray, int]:
+    wave, rate = audio
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu().float().numpy()
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 1:
+        wave = wave[None]
+    if wave.ndim != 2 or wave.shape[0] not in LAYOUTS:
+        raise ValueError(f"audio waveform must be [C, N] with C = 1 (mono) or 2 (stereo), got {list(wave.shape)}; "
+                         f"downmix other layouts first")
+    if int(rate) <= 0:
+        raise ValueError(f"audio sample rate must be positive, got {rate}")
+    return np.ascontiguousarray(wave), int(rate)
+
+
+class VideoWriter:
+    """Context manager writing H.264 video (+ AAC audio) frame chunk by frame chunk.
+
+    >>> with VideoWriter("out.mp4", Fraction(30000, 1001), 640, 360, audio=(wave, 44100)) as out:
+    ...     for chunk in chunks:  # float [n, 360, 640, 3] in 0..1
+    ...         out.write(chunk)
+
+    Audio is written as given (trim or pad it to the video length beforehand) and interleaved as frames arrive.
+    Sample rates AAC does not support are resampled to 48 kHz. The file appears only when the block exits
+    without an exception.
+    """
+
+    def __init__(self, path: PathLike, fps: Union[Fraction, int, float], width: int, height: int,
+                 audio: Optional[tuple] = None, crf: int = 18, preset: str = "medium"):
+        if width < 1 or height < 1:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        self.path = Path(path)
+        self.fps = to_fraction(fps)
+        self.width, self.height = int(width), int(height)
+        self.crf, self.preset = int(crf), preset
+        self.audio = _audio_array(audio) if audio is not None else None
+        self.frames_written = 0
+        self._container = None
+        self._tmp: Optional[Path] = None
+
+    def __enter__(self) -> "VideoWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a unique hidden name that keeps the extension (it picks the muxer); created with the usual permissions
+        self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:12]}.partial{self.path.suffix}")
+        try:
+            self._container = av.open(str(self._tmp), mode="w")
+            self._add_video_stream()
+            if self.audio is not None:
+                self._add_audio_stream()
+        except FFmpegError as exc:
+            self.abort()
+            raise MediaError(f"cannot open {self.path} for writing: {exc}") from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def _add_video_stream(self) -> None:
+        stream = self._container.add_stream("libx264", rate=self.fps)
+        stream.width, stream.height = self.width + self.width % 2, self.height + self.height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = 1 / self.fps  # one tick per frame: pts = frame index
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._video = stream
+
+    def _add_audio_stream(self) -> None:
+        wave, rate = self.audio
+        out_rate = rate if rate in AAC_RATES else 48000
+        if out_rate != rate:
+            logger.info("AAC does not support %d Hz; resampling the audio to %d Hz", rate, out_rate)
+        layout = LAYOUTS[wave.shape[0]]
+        self._audio_stream = self._container.add_stream("aac", rate=out_rate, layout=layout)
+        self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=out_rate)
+        self._fifo = av.AudioFifo()
+        self._audio_in = 0  # input samples handed to the encoder chain
+        self._audio_out = 0  # output samples encoded (pts in 1 / out_rate)
+
+    def write(self, frames) -> None:
+        """Append frames: float 0..1 (or uint8) [n, H, W, 3], torch or numpy."""
+        if self._container is None:
+            raise RuntimeError("VideoWriter is not open; use it as a context manager")
+        data = _as_uint8(frames)
+        if data.shape[1:3] != (self.height, self.width):
+            raise ValueError(f"frames are {data.shape[2]}x{data.shape[1]}, the writer was opened for "
+                             f"{self.width}x{self.height}")
+        for image in _pad_even(data):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = self.frames_written
+            self._mux(self._video.encode(frame))
+            self.frames_written += 1
+        if self.audio is not None:
+            self._push_audio(int(round(self.frames_written / self.fps * self.audio[1])), final=False)
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+
+    def _push_audio(self, upto: int, final: bool) -> None:
+        """Encode input samples up to ``upto`` in whole AAC frames; ``final`` flushes the partial tail too."""
+        wave, rate = self.audio
+        upto = min(upto, wave.shape[1])
+        if upto > self._audio_in:
+            frame = av.AudioFrame.from_ndarray(wave[:, self._audio_in:upto].copy(), format="fltp",
+                                               layout=LAYOUTS[wave.shape[0]])
+            frame.sample_rate = rate
+            self._audio_in = upto
+            for out in self._resampler.resample(frame):
+                self._fifo.write(out)
+        if final:
+            for out in self._resampler.resample(None):
+                self._fifo.write(out)
+        size = self._audio_stream.codec_context.frame_size or 1024
+        while self._fifo.samples >= size or (final and self._fifo.samples > 0):
+            self._encode_audio(self._fifo.read(min(size, self._fifo.samples)))
+
+    def _encode_audio(self, frame) -> None:
+        frame.pts = self._audio_out
+        frame.time_base = Fraction(1, self._audio_stream.codec_context.sample_rate)
+        self._audio_out += frame.samples
+        self._mux(self._audio_stream.encode(frame))
+
+    def close(self) -> None:
+        """Flush the encoders, finish the file and move it into place."""
+        if self._container is None:
+            return
+        if self.frames_written == 0:
+            self.abort()
+            raise MediaError(f"no frames were written to {self.path}; nothing saved")
+        try:
+            self._mux(self._video.encode(None))
+            if self.audio is not None:
+                self._push_audio(self.audio[0].shape[1], final=True)
+                self._mux(self._audio_stream.encode(None))
+            self._container.close()
+            self._container = None
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except (FFmpegError, OSError) as exc:
+            self.abort()
+            raise MediaError(f"writing {self.path} failed: {exc}") from exc
+        except BaseException:
+            self.abort()
+            raise
+        logger.info("wrote %s: %d frames at %s fps", self.path, self.frames_written, self.fps)
+
+    def abort(self) -> None:
+        """Close without finishing and delete the temporary file."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (FFmpegError, OSError) as exc:
+                logger.debug("closing an aborted writer failed: %s", exc)
+            self._container = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None

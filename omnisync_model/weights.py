@@ -1,0 +1,338 @@
+"""Checkpoint I/O: safetensors only, strict checks, clear errors.
+
+A checkpoint is one safetensors file holding ``OmniSyncModel.state_dict()`` with metadata
+``{"format": "omnisync", "format_version": "1", "omnisync_config": <OmniSyncConfig JSON>, ...}``.
+Pickle-based files (``.pt``, ``.pth``, ``.ckpt``, zip or raw pickle) are refused without being opened by a
+pickle loader: unpickling can run arbitrary code. Files without metadata are accepted; their config is rebuilt
+from the tensor shapes (:func:`infer_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import struct
+import uuid
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import OmniSyncConfig
+from .model import OmniSyncModel
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+FORMAT_NAME = "omnisync"
+FORMAT_VERSION = 1
+RESERVED_METADATA = ("format", "format_version", "omnisync_config")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+MAX_LISTED = 10  # keys listed per category in load errors
+CONVERT_HINT = (
+    "Convert it (only if you trust where it came from) with: python -c \"import torch, safetensors.torch as st; "
+    "st.save_file(torch.load('IN.pt', map_location='cpu', weights_only=True), 'OUT.safetensors')\" "
+    "(if the file holds a dict with a 'state_dict' entry, save that entry)."
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: wrong format, damaged, or does not match the model."""
+
+
+# --------------------------------------------------------------------------------------------- save
+
+
+def save_checkpoint(path: PathLike, model: OmniSyncModel, metadata: Optional[Mapping[str, str]] = None,
+                    dtype: Optional[torch.dtype] = None) -> Path:
+    """Write ``model``'s weights and config to a safetensors file, atomically; returns the path.
+
+    ``dtype`` casts floating-point tensors (e.g. ``torch.float16`` halves the file). ``metadata`` adds string
+    entries; the reserved keys ``format``, ``format_version`` and ``omnisync_config`` cannot be overridden.
+    """
+    path = Path(path)
+    extra = dict(metadata or {})
+    clash = sorted(set(extra) & set(RESERVED_METADATA))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved")
+    bad = sorted(k for k, v in extra.items() if not isinstance(k, str) or not isinstance(v, str))
+    if bad:
+        raise ValueError(f"metadata keys and values must be strings; offending keys: {bad}")
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+            "omnisync_config": model.config.to_json(), **extra}
+    tensors = {name: _export_tensor(t, dtype) for name, t in model.state_dict().items()}
+    _atomic_save(tensors, path, meta)
+    logger.info("saved %d tensors to %s", len(tensors), path)
+    return path
+
+
+def _export_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    tensor = tensor.detach().to("cpu")
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous().clone()  # own storage: safetensors refuses shared tensors
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    """Write to a temporary file next to ``path`` and rename it into place; never leave a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # created with the usual permissions
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------- inspect
+
+
+def sniff_format(path: PathLike) -> str:
+    """Identify a weights file from its first bytes, without parsing or unpickling it.
+
+    Returns ``"safetensors"``, ``"zip"`` (PyTorch .pt/.pth/.ckpt archive), ``"pickle"`` (legacy torch.save or raw
+    pickle), ``"gguf"``, ``"empty"`` or ``"other"``.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        return "empty"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[0] == 0x80 and len(head) > 1 and 1 <= head[1] <= 5:
+        return "pickle"
+    return "other"
+
+
+def _refusal(path: PathLike, kind: str) -> CheckpointError:
+    if kind in ("zip", "pickle"):
+        return CheckpointError(
+            f"{path} is a PyTorch pickle/zip checkpoint; OmniSync loads only .safetensors files because pickle "
+            f"files can execute code. {CONVERT_HINT}")
+    if kind == "gguf":
+        return CheckpointError(f"{path} is a GGUF file; OmniSync loads only .safetensors checkpoints")
+    if kind == "empty":
+        return CheckpointError(f"{path} is empty (0 bytes); the download or save was probably interrupted")
+    return CheckpointError(f"{path} is not a safetensors file (unrecognised first bytes); "
+                           f"OmniSync loads only .safetensors checkpoints")
+
+
+def _check_path(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    kind = sniff_format(path)
+    if kind != "safetensors":
+        raise _refusal(path, kind)
+    return path
+
+
+def read_header(path: PathLike) -> dict:
+    """Parsed safetensors header of a checked file: {name: {"dtype", "shape", "data_offsets"}, "__metadata__"?}.
+
+    Raises ``FileNotFoundError`` or :class:`CheckpointError` (refused format, truncated file, corrupt header).
+    """
+    path = _check_path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: safetensors header length {n} is implausible; the file is corrupt")
+        if 8 + n > size:
+            raise CheckpointError(f"{path} is truncated: its header alone needs {8 + n} bytes, the file has {size}")
+        raw = fh.read(n)
+    header = _parse_header(path, raw)
+    expected = 8 + n + _data_end(path, header)
+    if size < expected:
+        raise CheckpointError(f"{path} is truncated: expected {expected} bytes, found {size}")
+    return header
+
+
+def _parse_header(path: Path, raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc}); the file is corrupt") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    return header
+
+
+def _data_end(path: Path, header: dict) -> int:
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path}: header entry {name!r} has no valid data_offsets; the file is corrupt") from exc
+    return end
+
+
+def read_metadata(path: PathLike) -> dict[str, str]:
+    """The ``__metadata__`` string map of a safetensors checkpoint ({} when absent)."""
+    meta = read_header(path).get("__metadata__") or {}
+    return dict(meta)
+
+
+def read_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, read from the header only (no tensor data is loaded)."""
+    header = read_header(path)
+    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
+
+
+def read_config(path: PathLike) -> OmniSyncConfig:
+    """The checkpoint's config: from its metadata, else inferred from its tensor shapes."""
+    header = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if "omnisync_config" in meta:
+        return _config_from_metadata(path, meta)
+    logger.warning("%s has no OmniSync metadata; inferring the config from tensor shapes", path)
+    shapes = {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
+    try:
+        return infer_config(shapes)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: no OmniSync metadata and the config cannot be inferred: {exc}") from exc
+
+
+def _config_from_metadata(path: PathLike, meta: Mapping[str, str]) -> OmniSyncConfig:
+    fmt = meta.get("format", FORMAT_NAME)
+    if fmt != FORMAT_NAME:
+        raise CheckpointError(f"{path}: metadata format is {fmt!r}, expected {FORMAT_NAME!r}")
+    version = meta.get("format_version", str(FORMAT_VERSION))
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than this code supports "
+                              f"({FORMAT_VERSION}); update the OmniSync node pack")
+    try:
+        return OmniSyncConfig.from_json(meta["omnisync_config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the stored omnisync_config is invalid: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+def _count_indexed(shapes: Mapping[str, Sequence[int]], prefix: str) -> int:
+    """Number of consecutive modules ``prefix.<i>.`` present (0, 1, ... without gaps)."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    found = {int(m.group(1)) for name in shapes if (m := pattern.match(name))}
+    if found != set(range(len(found))):
+        raise ValueError(f"{prefix} indices are not consecutive from 0: {sorted(found)}")
+    return len(found)
+
+
+def _patch_size(out_patch: int, preferred: int) -> int:
+    """proj_out gives C * p * p only: keep the preferred p when it divides, else fall back to p = 1."""
+    if out_patch % (preferred * preferred) == 0:
+        return preferred
+    logger.warning("output width %d is not divisible by patch_size^2 = %d; assuming patch_size 1",
+                   out_patch, preferred * preferred)
+    return 1
+
+
+def infer_config(shapes: Mapping[str, Sequence[int]], defaults: Optional[OmniSyncConfig] = None) -> OmniSyncConfig:
+    """Rebuild an :class:`OmniSyncConfig` from a state dict's tensor shapes ({name: shape}).
+
+    Inferred: in_channels, dim, depth, heads (from the QK-norm width = head dim), ffn_mult, qk_norm, condition,
+    audio_dim, audio_tokens, n_mels, audio_layers, external_audio_dim, text_dim.
+    Not recoverable from shapes, so taken from ``defaults`` (the dataclass field defaults when None): name, prediction, audio_rate,
+    rope_theta, codec, extra, and heads when the model has no QK norm. ``patch_size`` is ambiguous (the
+    weights only fix in_channels * patch_size^2): ``defaults.patch_size`` is kept when it divides, else 1.
+    """
+    base = defaults.to_dict() if defaults is not None else _field_defaults()
+    shapes = {name: tuple(shape) for name, shape in shapes.items()}
+    dim, in_patch = shapes["dit.patch_embed.weight"]
+    out_patch = shapes["dit.proj_out.weight"][0]
+    condition = "token" if "dit.source_embed.weight" in shapes else "channel"
+    expect_in = out_patch * (2 if condition == "channel" else 1)
+    if in_patch != expect_in:
+        raise ValueError(f"patch_embed input width {in_patch} does not match proj_out width {out_patch} "
+                         f"for condition={condition!r}")
+    patch = _patch_size(out_patch, base["patch_size"])
+    audio_tokens, audio_dim = shapes["dit.null_audio"]
+    q_norm = shapes.get("dit.blocks.0.spatial.q_norm.weight")
+    ext = shapes.get("feature_adapter.fc1.weight")
+    text = shapes.get("dit.blocks.0.text.kv.weight")
+    inferred = dict(
+        in_channels=out_patch // (patch * patch), patch_size=patch, dim=dim,
+        depth=_count_indexed(shapes, "dit.blocks"),
+        heads=dim // q_norm[0] if q_norm is not None else base["heads"],
+        ffn_mult=shapes["dit.blocks.0.ffn.fc1.weight"][0] / dim, qk_norm=q_norm is not None, condition=condition,
+        audio_dim=audio_dim, audio_tokens=audio_tokens, n_mels=shapes["audio_encoder.conv1.weight"][1],
+        audio_layers=_count_indexed(shapes, "audio_encoder.layers"),
+        external_audio_dim=ext[1] if ext is not None else 0, text_dim=text[1] if text is not None else 0,
+    )
+    return OmniSyncConfig.from_dict({**base, **inferred})
+
+
+def _field_defaults() -> dict:
+    """Field defaults of OmniSyncConfig, without constructing (and validating) a default instance."""
+    out = {}
+    for f in dataclasses.fields(OmniSyncConfig):
+        out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return out
+
+
+# --------------------------------------------------------------------------------------------- load
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = "\n    ".join(items[:MAX_LISTED])
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """{"missing": [...], "unexpected": [...], "shape": ["name: expected [..], found [..]", ...]}."""
+    expected = model.state_dict()
+    shape = [f"{k}: expected {list(expected[k].shape)}, found {list(v.shape)}"
+             for k, v in state_dict.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    return {
+        "missing": sorted(set(expected) - set(state_dict)),
+        "unexpected": sorted(set(state_dict) - set(expected)),
+        "shape": sorted(shape),
+    }
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                            source: str = "state dict") -> None:
+    """Strict load; raises :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    problems = state_dict_mismatches(model, state_dict)
+    titles = {"missing": "missing keys", "unexpected": "unexpected keys", "shape": "shape mismatches"}
+    parts = [_listing(titles[k], v) for k, v in problems.items() if v]
+    if parts:
+        raise CheckpointError(f"{source} does not match the model:\n" + "\n".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
+                    operations=nn) -> OmniSyncModel:
+    """Load a safetensors checkpoint into a new :class:`OmniSyncModel` in eval mode.
+
+    The model is built on the CPU, loaded strictly, then moved to ``device``. ``dtype`` None keeps float32
+    (stored float16 / bfloat16 weights are upcast on load). ``operations`` is passed to the layers (comfy.ops).
+    """
+    config = read_config(path)
+    try:
+        state_dict = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read tensors: {exc}") from exc
+    model = OmniSyncModel(config, dtype=dtype, operations=operations)
+    load_state_dict_checked(model, state_dict, source=str(path))
+    logger.info("loaded %s (%s, %d tensors)", path, config.name, len(state_dict))
+    return model.to(device).eval()
