@@ -40,12 +40,15 @@ class DSCFG:
     w_base: weight far from the mouth (0 <= w_base <= w_peak); normalised map floor is w_base / w_peak.
     radius: Gaussian s as a fraction of the latent frame's shorter side.
     gamma:  temporal decay exponent (paper: 1.5); 0 disables the temporal decay.
+    force_uncond: always run the unconditional branch, even where W == 1 everywhere (the saving is then
+        forgone; the result is the same up to rounding). For benchmarking the skip, not for normal use.
     """
 
     w_peak: float = 3.0
     w_base: float = 1.0
     radius: float = 0.15
     gamma: float = 1.5
+    force_uncond: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -204,7 +207,7 @@ class GuidedVelocity:
         if x.shape != self.source.shape:
             raise ValueError(f"x shape {tuple(x.shape)} != source shape {tuple(self.source.shape)}")
         weight = guidance_weight(self.gmap, sigma, self.sigma_start, self.cfg)  # [T, h, w]
-        if self.audio is None or not needs_uncond(weight):
+        if self.audio is None or not (self.cfg.force_uncond or needs_uncond(weight)):
             # without audio both branches coincide; with W == 1 everywhere the result is the cond branch
             return self._single(x, sigma)
         v_cond, v_uncond = self._batched(x, sigma)

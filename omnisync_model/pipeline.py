@@ -35,8 +35,8 @@ class LipSyncOptions:
     tau: float = 0.92
     steps: int = 20
     shift: float = 1.0
-    window: int = 32
-    overlap: int = 4
+    window: int = 16
+    overlap: int = 2
     seed: int = 0
     guidance: DSCFG = field(default_factory=DSCFG)
     audio_margin_s: float = 1.0

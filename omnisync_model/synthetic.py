@@ -34,8 +34,8 @@ STYLES = ("realistic", "cartoon", "anime", "animal", "sketch")
 BACKGROUNDS = ("noise", "stripes", "gradient")
 SAMPLE_RATE = 16000
 MIN_WINDOW_S = 0.04  # shortest loudness window for the ground truth (keeps 60 fps targets smooth)
-FLOOR_DB = -45.0  # RMS level (dBFS) that maps to a closed mouth
-RANGE_DB = 33.0  # RMS levels at or above FLOOR_DB + RANGE_DB map to a fully open mouth
+FLOOR_DB = -40.0  # RMS level (dBFS) that maps to a closed mouth
+RANGE_DB = 30.0  # RMS levels at or above FLOOR_DB + RANGE_DB map to a fully open mouth
 _MOUTH_PAD_PX = 1.5  # mouth box margin around the drawn lips, in pixels
 _CHUNK = 128  # frames rendered at once (bounds memory on long clips)
 _STREAM_SPEECH, _STREAM_POSE, _STREAM_LOOK, _STREAM_BG, _STREAM_BLINK, _STREAM_OCC = range(1, 7)
@@ -82,12 +82,12 @@ def _formants(rng: np.random.Generator, speaker: Speaker) -> tuple[float, ...]:
 
 
 def _syllable_plan(rng: np.random.Generator, speaker: Speaker, n_total: int, sr: int) -> list[_Syllable]:
-    """Words of 1-4 syllables (80-300 ms each) separated by pauses of 150-800 ms of exact silence."""
+    """Words of 1-5 syllables (80-300 ms each) separated by pauses of 150-800 ms of exact silence."""
     t = int(rng.uniform(0.0, 0.4) * sr)
     plan: list[_Syllable] = []
     prev = _formants(rng, speaker)
     while True:
-        for _ in range(int(rng.integers(1, 5))):
+        for _ in range(int(rng.integers(1, 6))):
             length = int(np.clip(rng.uniform(0.08, 0.30) * speaker.rate, 0.08, 0.30) * sr)
             if t + length > n_total:
                 return plan
@@ -258,9 +258,9 @@ class _Palette:
 
 
 _LAYOUTS = {
-    "realistic": _Layout(0.78, 1.0, 0.0, 0.33, -0.12, 0.14, 0.075, 0.06, 0.45, 0.24, 0.24, 0.055),
+    "realistic": _Layout(0.78, 1.0, 0.0, 0.33, -0.12, 0.14, 0.075, 0.06, 0.45, 0.24, 0.28, 0.055),
     "cartoon": _Layout(0.85, 0.95, 0.0, 0.31, -0.15, 0.15, 0.17, 0.08, 0.45, 0.28, 0.28, 0.045),
-    "anime": _Layout(0.8, 1.0, 0.35, 0.33, 0.0, 0.15, 0.2, 0.12, 0.55, 0.17, 0.24, 0.035),
+    "anime": _Layout(0.8, 1.0, 0.35, 0.33, 0.0, 0.15, 0.2, 0.12, 0.55, 0.17, 0.26, 0.035),
     "animal": _Layout(0.9, 0.9, 0.0, 0.34, -0.2, 0.1, 0.1, 0.09, 0.5, 0.2, 0.24, 0.045),
     "sketch": _Layout(0.78, 1.0, 0.0, 0.33, -0.12, 0.14, 0.08, 0.055, 0.45, 0.24, 0.24, 0.05),
 }
@@ -297,21 +297,22 @@ def _layout(style: str, rng: np.random.Generator) -> _Layout:
 
 
 def _palette(style: str, rng: np.random.Generator) -> _Palette:
-    """Colours per style. Everything that can sit in the mouth box has luminance >= 0.2, the interior <= 0.05."""
+    """Colours per style. Everything that can sit in the mouth box has luminance >= 0.2 (lips >= 0.25), the
+    interior <= 0.05, so a luminance threshold separates them."""
     light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.7, -0.1), 1.0])
     light = _tuple(light / np.linalg.norm(light))
     interior = _tuple(np.array([0.09, 0.02, 0.03]) * rng.uniform(0.6, 1.0))
     rand = rng.uniform(0.0, 1.0, size=(3, 3))  # three random colours
     if style == "realistic":
         t = rng.uniform()
-        skin = _lift(np.array([0.95, 0.80, 0.70]) * (1 - t) + np.array([0.47, 0.30, 0.21]) * t, 0.3)
+        skin = _lift(np.array([0.95, 0.80, 0.70]) * (1 - t) + np.array([0.47, 0.30, 0.21]) * t, 0.32)
         hair = _HAIR[int(rng.integers(len(_HAIR)))]
-        lips = _lift(np.array(skin) * 0.7 + np.array([0.25, 0.02, 0.04]), 0.22)
+        lips = _lift(np.array(skin) * 0.7 + np.array([0.25, 0.02, 0.04]), 0.25)
         return _Palette(skin, hair, _tuple(rand[0] * 0.5 + 0.1), (0.95, 0.94, 0.92), lips, interior,
                         (0.92, 0.9, 0.82), (0.15, 0.1, 0.08), light)
     if style == "cartoon":
         skin = _lift(rand[0] * 0.7 + 0.3, 0.45)
-        lips = _lift((0.6 + 0.35 * rand[1]) * np.array([1.0, 0.4, 0.4]), 0.25)
+        lips = _lift((0.6 + 0.35 * rand[1]) * np.array([1.0, 0.4, 0.4]), 0.28)
         return _Palette(skin, _tuple(rand[2] * 0.9), (0.05, 0.05, 0.05), (1.0, 1.0, 1.0), lips, interior,
                         (1.0, 1.0, 1.0), (0.05, 0.05, 0.05), light)
     if style == "anime":
@@ -323,9 +324,9 @@ def _palette(style: str, rng: np.random.Generator) -> _Palette:
         fur = _lift(np.array(_FUR[int(rng.integers(len(_FUR)))]) * (0.9 + 0.2 * rand[0]), 0.32)
         amber = _tuple((0.5 + 0.5 * rand[1]) * np.array([0.95, 0.7, 0.2]))
         return _Palette(fur, _lift(np.array(fur) * 0.6, 0.2), _tuple(np.array(amber) * 0.6), amber,
-                        _lift(np.array(fur) * 0.65, 0.22), interior, None, (0.06, 0.05, 0.05), light,
+                        _lift(np.array(fur) * 0.65, 0.25), interior, None, (0.06, 0.05, 0.05), light,
                         pattern=float(rng.uniform() < 0.5))
-    g = float(rng.uniform(0.22, 0.3))  # graphite
+    g = float(rng.uniform(0.25, 0.32))  # graphite
     return _Palette((0.93, 0.91, 0.86), (0.93, 0.91, 0.86), (g, g, g), (0.95, 0.94, 0.9), (g, g, g),
                     (0.05, 0.05, 0.06), None, (g, g, g + 0.02), light)
 
@@ -346,7 +347,7 @@ def _frame_times(spec: ClipSpec) -> torch.Tensor:
 def _pose(spec: ClipSpec, layout: _Layout) -> _Pose:
     rng = _rng(spec.seed, _STREAM_POSE)
     t, size, m = _frame_times(spec), float(spec.size), spec.motion
-    r0 = size * rng.uniform(0.27, 0.37)
+    r0 = size * rng.uniform(0.3, 0.4)
     mx, my = layout.head_a * r0 * 1.05, layout.head_b * r0 * 1.05
     cx0, cy0 = rng.uniform(mx, size - mx), rng.uniform(my, size - my)
     r = r0 * (1.0 + _sines(rng, t, 1, 0.04 * m, 0.03, 0.15))
@@ -607,6 +608,7 @@ def _draw_sketch(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
     head = _head_sd(g, lay) * g.r
     lam = _shading(g, lay, pal.light)[..., 0]
     hatch = ((torch.frac((g.u + g.v) * 9.0) - 0.8).clamp_min(0.0) * 5.0) * (lam < 0.85) * _cov(head)
+    hatch = hatch * ((g.fu.abs() > 0.5) | (g.fv < 0.1))  # keep hatching away from the mouth
     img = _over(img, 0.5 * hatch, (0.6, 0.6, 0.62))
     for side in (-1.0, 1.0):
         img = _over(img, _outline(_sd_ellipse(g.u - side * lay.head_a * 0.97, g.v, 0.1, 0.2) * g.r, 0.9), pal.line)
@@ -634,11 +636,12 @@ def _draw_mouth(img, g: _Geo, lay: _Layout, pal: _Palette, opening: torch.Tensor
     line = _sd_segment(mu, mv, (-lay.mouth_w, 0.0), (lay.mouth_w, 0.0)) * g.r - 0.5
     img = _over(img, (_outline(outer, 1.0) if sketch else _cov(outer)) * keep, pal.lips)
     img = _over(img, _cov(line) * keep, pal.interior)
-    img = _over(img, _cov(inner) * keep, pal.interior)
-    if pal.teeth is not None:
-        limit = -0.2 * h + torch.clamp(0.3 * h, max=0.05)  # upper teeth, at most ~0.05 face units tall
-        teeth = torch.maximum(inner, (mv - limit) * g.r)
-        img = _over(img, _cov(teeth) * keep, pal.teeth)
+    thin = (h * g.r).clamp(max=1.0)  # shapes thinner than a pixel cover proportionally less (0 when closed)
+    img = _over(img, _cov(inner) * thin * keep, pal.interior)
+    if pal.teeth is not None:  # upper teeth appear once the mouth is a third open; they never hide the line
+        tooth = (0.25 * h - 0.02).clamp(0.0, 0.045)
+        teeth = torch.maximum(inner, (mv + 0.2 * h - tooth) * g.r)
+        img = _over(img, _cov(teeth) * (tooth * g.r).clamp(max=1.0) * keep, pal.teeth)
     return img
 
 

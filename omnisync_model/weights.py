@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import logging
 import os
 import re
@@ -336,3 +337,22 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", dt
     load_state_dict_checked(model, state_dict, source=str(path))
     logger.info("loaded %s (%s, %d tensors)", path, config.name, len(state_dict))
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------- shipped model
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+DEMO_CHECKPOINT = "omnisync_small_demo.safetensors"
+
+
+def default_checkpoint() -> Optional[Path]:
+    """The demo checkpoint shipped inside the package, or None when it is absent."""
+    path = ASSETS_DIR / DEMO_CHECKPOINT
+    return path if path.is_file() else None
+
+
+def read_checkpoint_info(path: PathLike) -> tuple[OmniSyncConfig, dict[str, str], int]:
+    """(config, metadata, parameter count) from the header alone, without loading tensors."""
+    shapes = read_shapes(path)
+    n_params = sum(math.prod(shape) for shape in shapes.values())
+    return read_config(path), read_metadata(path), n_params

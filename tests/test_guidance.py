@@ -235,6 +235,25 @@ def test_uncond_skipped_exactly_where_weight_is_one(w_peak, gamma, shift):
     assert gv.evaluations == B * (steps + sum(guided))
 
 
+def test_force_uncond_runs_both_branches_with_equal_output():
+    x, src, audio = _inputs(5)
+    tau, steps = 0.92, 12
+    cfg = DSCFG(w_peak=3.0, w_base=1.0, radius=0.15, gamma=1.5)
+    gmap = spatial_map(*_centred(), H, W, cfg)
+    sigmas = sigma_schedule(steps, start=tau)
+    skip_model, both_model = FakeModel(), FakeModel()
+    skip = GuidedVelocity(skip_model, src, audio, gmap, tau, cfg)
+    both = GuidedVelocity(both_model, src, audio, gmap, tau, DSCFG(**{**vars(cfg), "force_uncond": True}))
+    out_skip, out_both = euler_sample(skip, x, sigmas), euler_sample(both, x, sigmas)
+    guided = sum(3.0 * (float(s) / tau) ** 1.5 > 1.0 for s in sigmas[:-1])
+    assert 0 < guided < steps
+    assert skip.evaluations == B * (steps + guided)
+    assert both.evaluations == 2 * B * steps and both_model.batches == [2 * B] * steps
+    assert both.calls == skip.calls == steps
+    assert torch.allclose(out_skip, out_both, atol=1e-5, rtol=0)
+    assert not torch.equal(out_skip, x)  # the sampler moved the sample: the comparison is not vacuous
+
+
 def test_shape_checks():
     model = FakeModel()
     x, src, audio = _inputs()

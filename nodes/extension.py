@@ -1,0 +1,34 @@
+"""The ComfyExtension listing the OmniSync nodes."""
+
+from __future__ import annotations
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .audio import OmniSyncAudioEncode
+from .lipsync import OmniSyncLipSync
+from .loader import OmniSyncModelLoader
+from .mouth import OmniSyncMouthRegion
+from .sampling import OmniSyncNoiseInit, OmniSyncSampler
+from .vae import OmniSyncPixelVAE
+
+NODES: list[type[io.ComfyNode]] = [
+    OmniSyncModelLoader,
+    OmniSyncAudioEncode,
+    OmniSyncMouthRegion,
+    OmniSyncNoiseInit,
+    OmniSyncSampler,
+    OmniSyncLipSync,
+    OmniSyncPixelVAE,
+]
+
+
+class OmniSyncExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> OmniSyncExtension:
+    return OmniSyncExtension()

@@ -1,0 +1,91 @@
+"""OmniSyncLipSync: the one-node path. Frames + audio -> lip-synced frames, window by window."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..omnisync_model.windows import plan_windows
+from .adapters import (audio_input, check_fps, codec_for, fit_audio_to_video, image_to_frames, lipsync_into,
+                       make_options, track_arrays)
+from .mouth import locate_track
+from .runtime import output_device, prepare_model, progress_hooks
+from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
+from .types import CATEGORY, OmniModel, OmniMouth
+
+log = logging.getLogger(__name__)
+
+
+class OmniSyncLipSync(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OmniSyncLipSync",
+            display_name="OmniSync Lip Sync",
+            category=CATEGORY,
+            description="Lip-syncs video frames to new speech, mask-free. Works window by window (encode, sample, "
+                        "decode, crossfade the overlap), so memory is bounded by the window and videos of any "
+                        "length work. Returns the frames and the audio fitted to the video's length.",
+            inputs=[
+                OmniModel.Input("model"),
+                io.Image.Input("images", tooltip="Video frames (best with the face filling the frame: use "
+                                                 "OmniSyncFaceCrop for wide shots)."),
+                io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.001,
+                               tooltip="Frame rate of the frames (connect GetVideoComponents.fps)."),
+                io.Audio.Input("audio", tooltip="The new speech; any sample rate and channel count."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Optional VAE for models trained in a VAE latent space. Leave empty for the "
+                                     "pixel-codec models (like the shipped demo model)."),
+                OmniMouth.Input("mouth", optional=True,
+                                tooltip="Mouth track from OmniSyncMouthRegion (or OmniSyncFaceCrop). When empty, "
+                                        "the built-in locator finds the mouth."),
+                io.AudioEncoderOutput.Input("audio_features", optional=True,
+                                            tooltip="Optional Whisper / wav2vec2 features (core "
+                                                    "AudioEncoderEncode) used instead of the built-in audio "
+                                                    "encoder; needs a checkpoint with a feature adapter."),
+                tau_input(),
+                steps_input(),
+                seed_input(),
+                io.Int.Input("window", default=_DEFAULTS.window, min=1, max=1024,
+                             tooltip="Frames per window. Larger windows see more context and need more memory; "
+                                     "with a video VAE it is rounded down to 1 + k * temporal compression."),
+                io.Int.Input("overlap", default=_DEFAULTS.overlap, min=0, max=1023,
+                             tooltip="Frames shared by consecutive windows, crossfaded to hide seams "
+                                     "(must be smaller than window)."),
+                *guidance_inputs(),
+            ],
+            outputs=[
+                io.Image.Output("synced", display_name="images"),
+                io.Audio.Output("fitted_audio", display_name="audio",
+                                tooltip="The audio trimmed or zero-padded to the video's length."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, images, fps: float, audio, tau: float, steps: int, seed: int, window: int,
+                overlap: int, w_peak: float, w_base: float, radius: float, gamma: float, vae=None, mouth=None,
+                audio_features=None) -> io.NodeOutput:
+        frames = image_to_frames(images)
+        fps = check_fps(fps)
+        options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
+        n, height, width = frames.shape[:3]
+        omni = model.model.omnisync
+        codec = codec_for(omni, vae)
+        windows = plan_windows(n, options.window, options.overlap, multiple=codec.temporal_factor)
+        if mouth is None:
+            mouth = locate_track(frames)
+        centres, valid = track_arrays(mouth, n)
+        omni = prepare_model(model, _window_tokens(windows[0].length, height, width, codec, omni.config.patch_size))
+        progress, check = progress_hooks(len(windows) * options.steps)
+        out = torch.empty((n, height, width, 3), dtype=torch.float32, device=output_device())
+        lipsync_into(out, frames, fps, audio_input(audio, audio_features), omni, codec, options,
+                     mouth_centres=centres, mouth_valid=valid, progress=progress, check_interrupt=check)
+        return io.NodeOutput(out, fit_audio_to_video(audio, n, fps))
+
+
+def _window_tokens(length: int, height: int, width: int, codec, patch: int) -> int:
+    m = codec.spatial_factor * patch
+    t = 1 + (length - 1) // codec.temporal_factor
+    return t * (-(-height // m)) * (-(-width // m))

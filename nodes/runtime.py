@@ -1,0 +1,53 @@
+"""ComfyUI runtime glue: the memory manager, progress bars and interrupts for the OmniSync pipeline."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..omnisync_model.model import OmniSyncModel
+
+
+class OmniSyncHolder(torch.nn.Module):
+    """What the ModelPatcher manages: the OmniSync model plus the plain ``device`` attribute ComfyUI writes to.
+
+    (``OmniSyncModel.device`` is a read-only property, and ModelPatcher assigns ``model.device`` on load.)
+    """
+
+    def __init__(self, model: OmniSyncModel):
+        super().__init__()
+        self.omnisync = model
+        self.device = model.device
+
+
+def inference_memory(model: OmniSyncModel, tokens: int) -> int:
+    """Rough bytes of activations for ``tokens`` latent tokens with DS-CFG (two branches in one batch)."""
+    cfg = model.config
+    per_token = cfg.dim * 4 * (12 + 2 * cfg.ffn_mult)  # float32 activations of one block, with the FFN
+    return int(2 * tokens * per_token * 2)
+
+
+def prepare_model(patcher, tokens: int = 0) -> OmniSyncModel:
+    """Load the model through ComfyUI's memory manager; returns the OmniSync model on its load device."""
+    holder = patcher.model
+    model = holder.omnisync
+    mm.load_models_gpu([patcher], memory_required=inference_memory(model, tokens))
+    return model
+
+
+def progress_hooks(total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(progress(done, total), check_interrupt()) for the pipeline: a ComfyUI ProgressBar and the interrupt flag."""
+    bar = comfy.utils.ProgressBar(max(1, int(total)))
+
+    def progress(done: int, total_steps: int) -> None:
+        bar.update_absolute(done, total_steps)
+
+    return progress, mm.throw_exception_if_processing_interrupted
+
+
+def output_device() -> torch.device:
+    return mm.intermediate_device()

@@ -1,0 +1,552 @@
+"""Weight-free face and mouth locator for real footage, AI clips, cartoons and animals.
+
+Nothing is downloaded: the locator is a few image heuristics in plain torch (kornia for filters), run at a
+reduced resolution, and it never raises because of what a frame shows. Per frame:
+
+1. Face region (working size, longest side ``work_size``): two candidate masks, skin chroma (YCrCb) and
+   saliency (pixels whose colour is far from every colour on the frame border, or that are walled off from the
+   top / left / right borders by edges: a minimum-barrier flood). Holes are filled, the thickest connected blob
+   is taken (the centre of its chessboard distance transform), and thin parts (a neck, hair strands) are cut off
+   by keeping the blob's core (distance >= half the maximum) grown back by that half: the face box.
+   A salient skin blob wins when it is thick enough, otherwise the salient blob is used.
+2. Mouth (the face box plus a margin, cropped from the full frame and resized to ``crop`` x ``crop``): the lower
+   middle part of the face with the strongest horizontal lip evidence: thin dark structure (morphological
+   black-hat of luma: the lip line, an open mouth) plus redness (Cr above its local mean), averaged along a
+   horizontal bar, weighted by a broad prior around the usual mouth position (half-way from face centre to chin).
+3. Time: frames without a confident face are filled from the nearest valid frames (linear interpolation), then
+   centres and boxes get a running median over ``smooth_frames`` frames. When no frame is valid the track is the
+   frame centre, ``valid`` is all False (the pipeline then uses uniform guidance) and a warning is logged.
+
+Shape legend: F frames, H, W frame size, N frames in a chunk, h, w working size, S mouth crop side.
+Coordinates are normalised: x = pixel_x / W, y = pixel_y / H with pixel centres at (i + 0.5); boxes are
+(x0, y0, x1, y1).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_INF = float("inf")
+_LUMA = (0.299, 0.587, 0.114)  # BT.601, as in YCrCb skin rules
+_SKIN_CR = (0.02, 0.18)  # Cr - 0.5, i.e. 133..174 of 255
+_SKIN_CB = (-0.2, 0.0)  # Cb - 0.5, i.e. 77..128 of 255
+_FAR_COLOUR = 0.12  # RGB distance to every border colour that counts as salient
+_MIN_BARRIER = 0.05  # edge barrier (gradient magnitude) that counts as salient
+_BORDER_SAMPLES = 32  # border colours compared against
+_CORE = 0.65  # blob core: chessboard distance >= _CORE x the blob's maximum
+_MAX_ROUNDS = 8  # sweep rounds of a flood (each = 4 directional sweeps at once)
+_MOUTH_V, _MOUTH_SIGMA = 0.45, 0.45  # prior: mouth at v = 0.45 of the face half-height below its centre
+_EYE_SEPARATIONS = (0.2, 0.26, 0.32, 0.38, 0.44)  # eye distances tried, as fractions of the mouth crop side
+_EYE_RISE = 1.0  # eye line above the mouth, in eye distances
+_EYE_WEIGHT = 1.0
+_STRENGTH = (2.0, 4.0)  # normalised mouth score mapped to strength 0 .. 1
+
+
+@dataclass(frozen=True)
+class MouthTrack:
+    """Per-frame mouth centres [F,2] (x, y), valid [F] bool, face boxes [F,4] (x0,y0,x1,y1), confidence [F]."""
+
+    centres: torch.Tensor
+    valid: torch.Tensor
+    face_boxes: torch.Tensor
+    confidence: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.centres.shape[0])
+
+
+@dataclass(frozen=True)
+class LocateOptions:
+    """``work_size``: longest side for the face search; ``crop``: mouth crop side; ``smooth_frames``: running
+    median window in frames (odd; 1 = none; 5 frames = 0.2 s at 25 fps); ``min_confidence``: valid threshold;
+    ``chunk``: frames processed at once (bounds memory)."""
+
+    work_size: int = 160
+    crop: int = 64
+    smooth_frames: int = 5
+    min_confidence: float = 0.35
+    chunk: int = 64
+
+    def __post_init__(self) -> None:
+        if self.work_size < 16 or self.crop < 16 or self.chunk < 1 or self.smooth_frames < 1:
+            raise ValueError(f"invalid locate options {self}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small image helpers (all on [N,C,h,w] float)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _to_float(chunk: torch.Tensor) -> torch.Tensor:
+    """uint8 or float [N,H,W,C] -> float32 [N,3,H,W] in 0..1 (grey and alpha handled, NaN -> 0)."""
+    x = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else torch.nan_to_num(chunk.float())
+    if x.shape[-1] == 1:
+        x = x.expand(-1, -1, -1, 3)  # grey -> RGB
+    return x[..., :3].permute(0, 3, 1, 2).clamp(0.0, 1.0)  # [N,H,W,3] -> [N,3,H,W]
+
+
+def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _downscale(frames: torch.Tensor, size: int, step: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """[F,H,W,C] -> (small [F,3,h,w] with max(h, w) ~ size, scale [4]: work-normalised -> frame-normalised).
+
+    Block means over k x k pixels (k = max(H, W) // size) of a view strided by ~k / 4: fast on 1080p and 4K. The
+    last H % k rows and W % k columns are dropped; ``scale`` accounts for that.
+    """
+    n, hgt, wid = frames.shape[:3]
+    k = max(1, max(hgt, wid) // size)
+    stride = max(1, k // 4)  # read every stride-th pixel of each block
+    k = k // stride * stride
+    b, hh, ww = k // stride, hgt // k * k, wid // k * k  # samples per block side, covered size
+    out = []
+    for i in range(0, n, step):
+        x = frames[i:i + step, :hh:stride, :ww:stride].float()  # [n,hh/stride,ww/stride,C]
+        if frames.dtype == torch.uint8:
+            x = x / 255.0
+        x = x.reshape(x.shape[0], hh // k, b, ww // k, b, x.shape[-1]).mean((2, 4))  # -> [n,hh/k,ww/k,C]
+        x = _to_float(x).contiguous()  # -> [n,3,hh/k,ww/k]
+        if max(x.shape[-2:]) > 1.25 * size:  # small frames (k = 1) larger than the working size
+            f = size / max(x.shape[-2:])
+            x = _resize(x, (max(8, round(x.shape[-2] * f)), max(8, round(x.shape[-1] * f))))
+        out.append(x)
+    scale = torch.tensor([ww / wid, hh / hgt, ww / wid, hh / hgt], dtype=torch.float32)
+    return torch.cat(out), scale
+
+
+def _smooth(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Box average over k x k (odd) pixels, edges averaged over the pixels inside."""
+    return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+
+
+def _erode(m: torch.Tensor, k: int = 3) -> torch.Tensor:
+    return -F.max_pool2d(-m, k, 1, k // 2)
+
+
+def _dilate(m: torch.Tensor, k: int = 3) -> torch.Tensor:
+    return F.max_pool2d(m, k, 1, k // 2)
+
+
+def _odd(v: float) -> int:
+    return max(3, int(round(v)) | 1)
+
+
+def _ycc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGB [N,3,h,w] -> Y, Cr - 0.5, Cb - 0.5, each [N,1,h,w]."""
+    y = _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]
+    return y, 0.713 * (x[:, 0:1] - y), 0.564 * (x[:, 2:3] - y)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Floods (minimax paths) by directional sweeps: O(rounds * (h + w)) small tensor ops, independent of N
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sweep(neg: torch.Tensor, neg_cost: torch.Tensor | None) -> None:
+    """In place on negated values [R,B,L] (row-major: each row contiguous), top to bottom. With a cost: row r
+    takes max(row, min(best of its 3 neighbours in row r - 1, -cost)), i.e. dist = min(dist, max(neighbour, cost));
+    without: max(row, best - 1), i.e. dist = min(dist, neighbour + 1)."""
+    for r in range(1, neg.shape[0]):
+        best = F.max_pool1d(neg[r - 1].unsqueeze(1), 3, 1, 1).squeeze(1)  # [B,L] -> [B,1,L] -> [B,L], -inf pad
+        step = best - 1.0 if neg_cost is None else torch.minimum(best, neg_cost[r])
+        torch.maximum(neg[r], step, out=neg[r])
+
+
+def _both_ways(neg: torch.Tensor, neg_cost2: torch.Tensor | None) -> torch.Tensor:
+    """Sweep [R,B,L] down and up at once (stacked on B); ``neg_cost2`` [R,2B,L] is the cost stacked the same way."""
+    x = torch.cat([neg, neg.flip(0)], 1)  # [R,2B,L]
+    _sweep(x, neg_cost2)
+    down, up = x.chunk(2, 1)
+    return torch.maximum(down, up.flip(0))
+
+
+def _propagate(neg: torch.Tensor, neg_cost: torch.Tensor | None, rounds: int) -> torch.Tensor:
+    """Rounds of row sweeps (down, up) and column sweeps (right, left) on negated [N,1,h,w] -> [N,1,h,w]."""
+    rows = neg[:, 0].permute(1, 0, 2).contiguous()  # [N,1,h,w] -> [h,N,w]
+    nc_rows = nc_cols = None
+    if neg_cost is not None:
+        nc = neg_cost[:, 0].permute(1, 0, 2)  # [h,N,w]
+        ncc = nc.permute(2, 1, 0)  # [w,N,h]
+        nc_rows, nc_cols = torch.cat([nc, nc.flip(0)], 1), torch.cat([ncc, ncc.flip(0)], 1)  # [h,2N,w], [w,2N,h]
+    for _ in range(rounds):
+        new = _both_ways(rows, nc_rows).permute(2, 1, 0).contiguous()  # [h,N,w] -> [w,N,h]
+        new = _both_ways(new, nc_cols).permute(2, 1, 0).contiguous()  # -> [h,N,w]
+        if torch.equal(new, rows):
+            break
+        rows = new
+    return new.permute(1, 0, 2)[:, None]  # [h,N,w] -> [N,1,h,w]
+
+
+def minimax_flood(cost: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """dist [N,1,h,w]: the smallest, over 8-connected paths from a seed, of the largest ``cost`` on the path.
+
+    ``seeds`` [N,1,h,w] holds the starting value at seed pixels and +inf elsewhere. With cost 0 / +inf (passable /
+    wall) and seeds 0 this is a reachability flood: dist == 0 where reachable.
+    """
+    return -_propagate(-seeds.float(), -cost.float(), _MAX_ROUNDS)
+
+
+def _border_seeds(values: torch.Tensor, bottom: bool) -> torch.Tensor:
+    """``values`` on the top, left, right (and bottom) border pixels, +inf elsewhere."""
+    seeds = torch.full_like(values, _INF)
+    seeds[..., 0, :] = values[..., 0, :]
+    seeds[..., :, 0] = values[..., :, 0]
+    seeds[..., :, -1] = values[..., :, -1]
+    if bottom:
+        seeds[..., -1, :] = values[..., -1, :]
+    return seeds
+
+
+def fill_holes(mask: torch.Tensor) -> torch.Tensor:
+    """Binary [N,1,h,w]: also mark pixels that cannot reach the frame border through unmarked pixels."""
+    free = torch.where(mask > 0.5, _INF, 0.0)
+    outside = minimax_flood(free, _border_seeds(free, bottom=True)) == 0
+    return (~outside).float()
+
+
+def _chess_distance(mask: torch.Tensor) -> torch.Tensor:
+    """Chessboard distance [N,1,h,w] of marked pixels to the nearest unmarked one (outside the frame counts as
+    unmarked): 1 next to an unmarked pixel, 0 on unmarked pixels. One round of sweeps is exact."""
+    neg = F.pad(torch.where(mask > 0.5, -_INF, 0.0), (1, 1, 1, 1))  # frame border ring of zeros
+    return -_propagate(neg, None, 1)[..., 1:-1, 1:-1]
+
+
+def _thickest_blob(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (blob [N,1,h,w] the component holding the deepest pixel, distance map, its maximum [N])."""
+    dist = _chess_distance(mask)
+    dmax = dist.flatten(1).max(1).values  # [N]
+    flat = dist.flatten(1)
+    seed = torch.zeros_like(flat).scatter_(1, flat.argmax(1, keepdim=True), 1.0).view_as(mask)  # one pixel each
+    walls = torch.where(mask > 0.5, 0.0, _INF)
+    blob = (minimax_flood(walls, torch.where(seed > 0, 0.0, _INF)) == 0).float() * (dmax > 0).view(-1, 1, 1, 1)
+    return blob, dist, dmax
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 1: face boxes at the working size
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _border_colour_distance(xs: torch.Tensor) -> torch.Tensor:
+    """[N,1,h,w]: RGB distance from each pixel to the nearest of ``_BORDER_SAMPLES`` border colours (computed at
+    half resolution on frames of 64 pixels or more)."""
+    n, c, h, w = xs.shape
+    small = F.avg_pool2d(xs, 2, ceil_mode=True) if min(h, w) >= 64 else xs
+    ring = torch.cat([xs[..., 0, :], xs[..., :, -1], xs[..., -1, :].flip(-1), xs[..., :, 0].flip(-1)], -1)  # [N,3,L]
+    idx = torch.linspace(0, ring.shape[-1] - 1, _BORDER_SAMPLES).round().long()
+    samples = ring[..., idx]  # [N,3,K]
+    pix = small.flatten(2)  # [N,3,P]
+    d2 = (pix * pix).sum(1)[:, :, None] + (samples * samples).sum(1)[:, None, :] \
+        - 2.0 * torch.bmm(pix.transpose(1, 2), samples)  # [N,P,1] + [N,1,K] - [N,P,K]
+    d = d2.min(-1).values.clamp(min=0).sqrt().view(n, 1, *small.shape[-2:])  # [N,P] -> [N,1,h',w']
+    return F.interpolate(d, size=(h, w), mode="nearest") if d.shape[-2:] != (h, w) else d
+
+
+def _edges(xs: torch.Tensor) -> torch.Tensor:
+    """Colour gradient magnitude [N,1,h,w] from central differences (replicated edges)."""
+    p = F.pad(xs, (1, 1, 1, 1), mode="replicate")
+    gx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) * 0.5
+    gy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) * 0.5
+    return (gx * gx + gy * gy).sum(1, keepdim=True).sqrt()
+
+
+def _salient(xs: torch.Tensor) -> torch.Tensor:
+    """Binary [N,1,h,w]: far from the border colours, or walled off from the top / left / right borders by edges
+    stronger than those crossed inside the background (busy backgrounds raise the bar)."""
+    edges = _edges(xs)
+    barrier = minimax_flood(edges, _border_seeds(edges, bottom=False))
+    n, _, h, w = xs.shape
+    m = max(1, round(0.08 * min(h, w)))
+    ring = torch.cat([barrier[..., :m, :].flatten(1), barrier[..., m:, :m].flatten(1),
+                      barrier[..., m:, -m:].flatten(1)], 1)  # [N, pixels near the top / left / right borders]
+    level = ring.quantile(0.9, dim=1).view(n, 1, 1, 1)
+    far = _border_colour_distance(xs) > _FAR_COLOUR
+    mask = (far | (barrier > torch.clamp(1.5 * level, min=_MIN_BARRIER))).float()
+    return fill_holes(_erode(_dilate(mask)))  # close 1-pixel gaps, then fill
+
+
+def _skin(xs: torch.Tensor) -> torch.Tensor:
+    y, cr, cb = _ycc(xs)
+    ok = (cr > _SKIN_CR[0]) & (cr < _SKIN_CR[1]) & (cb > _SKIN_CB[0]) & (cb < _SKIN_CB[1]) & (y > 0.12)
+    return ok.float()
+
+
+def _opened_box(blob: torch.Tensor, dist: torch.Tensor, dmax: torch.Tensor) -> torch.Tensor:
+    """Box [N,4] pixels (x0,y0,x1,y1) of the blob's core (distance >= ``_CORE`` dmax) grown by that distance: the
+    box of a morphological opening, which drops parts narrower than about 1.3 dmax (a neck under a face)."""
+    core = (blob > 0) & (dist >= _CORE * dmax.view(-1, 1, 1, 1))
+    cols, rows = core.any(-2).flatten(1), core.any(-1).flatten(1)  # [N,w], [N,h]
+    grow = _CORE * dmax + 0.5
+
+    def span(any_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ar = torch.arange(any_.shape[1], dtype=torch.float32)
+        lo = torch.where(any_, ar, _INF).min(1).values
+        hi = torch.where(any_, ar, -_INF).max(1).values + 1.0
+        return lo, hi
+
+    (x0, x1), (y0, y1) = span(cols), span(rows)
+    return torch.stack([x0 - grow, y0 - grow, x1 + grow, y1 + grow], 1)
+
+
+def _face_candidates(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """x [N,3,h,w] -> [(boxes [N,4] work-normalised, blob [N,1,h,w], face score [N] in 0..1)] for the salient
+    blob and the two thickest salient skin blobs (a face next to hands, say)."""
+    xs = _smooth(x)
+    salient = _salient(xs)
+    skin = fill_holes(_erode(_dilate(_skin(xs))))
+    first = _candidate(skin)
+    second = _candidate(skin * (1.0 - _dilate(first[1])))
+    return [_candidate(salient), first, second]
+
+
+def _candidate(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h, w = mask.shape[-2:]
+    blob, dist, dmax = _thickest_blob(mask)
+    boxes = _opened_box(blob, dist, dmax)
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    boxes = torch.minimum(torch.maximum(boxes, torch.zeros(4)), scale) / scale
+    return boxes, blob, _face_score(blob, dmax, boxes)
+
+
+def _face_score(blob: torch.Tensor, dmax: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """1 for a compact blob of plausible size and shape, falling to 0 for specks, frame-filling, very elongated or
+    ragged blobs and blobs whose box runs along several frame edges (floors, walls)."""
+    h, w = blob.shape[-2:]
+    area = blob.flatten(1).mean(1)  # fraction of the frame
+    bw, bh = (boxes[:, 2] - boxes[:, 0]) * w, (boxes[:, 3] - boxes[:, 1]) * h  # pixels
+    size_ok = ((area - 0.003) / 0.01).clamp(0, 1) * ((0.7 - area) / 0.2).clamp(0, 1)
+    aspect = bh / bw.clamp(min=1e-3)
+    shape_ok = ((aspect - 0.4) / 0.3).clamp(0, 1) * ((2.8 - aspect) / 0.6).clamp(0, 1)
+    fill_ok = ((blob.flatten(1).sum(1) / (bw * bh).clamp(min=1.0) - 0.25) / 0.2).clamp(0, 1)
+    touch = (boxes[:, 0] < 0.01).float() + (boxes[:, 1] < 0.01).float() + (boxes[:, 2] > 0.99).float() \
+        + (boxes[:, 3] > 0.99).float()
+    edge_ok = torch.where(touch >= 2, 0.4 ** (touch - 1), torch.ones_like(touch))
+    return size_ok * shape_ok * fill_ok * edge_ok * (dmax >= 2).float()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 2: the mouth inside each face crop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+_MARGIN = 0.12  # face box margin of the mouth crop, as a fraction of the box size on each side
+
+
+def _crop_frames(frames: torch.Tensor, blob: torch.Tensor, boxes: torch.Tensor, scale: torch.Tensor, size: int):
+    """Crop (face box + margin) from the full frames [N,H,W,C] and from the blob [N,1,h,w] (boxes [N,4] are
+    work-normalised) -> crops [N,3,S,S], masks [N,1,S,S], crop windows [N,4] frame-normalised."""
+    wins = _expand(boxes, _MARGIN)
+    crops, masks = [], []
+    for i in range(frames.shape[0]):
+        crops.append(_crop_one(frames[i], wins[i] * scale, size))
+        masks.append(_crop_one(blob[i].permute(1, 2, 0), wins[i], size)[:, :1])  # [1,h,w] -> [h,w,1]
+    return torch.cat(crops), (torch.cat(masks) > 0.5).float(), wins * scale
+
+
+def _expand(boxes: torch.Tensor, margin: float) -> torch.Tensor:
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return torch.stack([boxes[:, 0] - margin * w, boxes[:, 1] - margin * h,
+                        boxes[:, 2] + margin * w, boxes[:, 3] + margin * h], 1)
+
+
+def _crop_one(img: torch.Tensor, win: torch.Tensor, size: int) -> torch.Tensor:
+    """[H,W,C] window (normalised; may leave the frame: edge pixels repeat) -> float [1,3,S,S]."""
+    hgt, wid = img.shape[:2]
+    x0, x1 = int(torch.floor(win[0] * wid)), int(torch.ceil(win[2] * wid))
+    y0, y1 = int(torch.floor(win[1] * hgt)), int(torch.ceil(win[3] * hgt))
+    x0, y0 = min(max(x0, -wid), wid - 1), min(max(y0, -hgt), hgt - 1)  # at least one pixel inside the frame
+    x1, y1 = max(min(x1, 2 * wid), x0 + 1, 1), max(min(y1, 2 * hgt), y0 + 1, 1)
+    region = _to_float(img[None, max(0, y0):min(hgt, y1), max(0, x0):min(wid, x1)])  # [1,3,h',w']
+    pad = (max(0, -x0), max(0, x1 - wid), max(0, -y0), max(0, y1 - hgt))
+    if any(pad):
+        region = F.pad(region, pad, mode="replicate")
+    return _resize(region, (size, size))
+
+
+def _maps(crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lip evidence as a horizontal bar [N,1,S,S] (luma black-hat + 2 x local redness, inside the eroded face
+    blob) and eye evidence [N,1,S,S] (black-hat blobs), both divided by the mean evidence inside the face."""
+    s = crops.shape[-1]
+    y, cr, _ = _ycc(_smooth(crops))
+    k = _odd(0.11 * s)
+    blackhat = (_erode(_dilate(y, k), k) - y).clamp(min=0)  # closing - image: thin dark structure
+    k2 = _odd(0.27 * s)
+    redness = (cr - F.avg_pool2d(cr, k2, 1, k2 // 2, count_include_pad=False)).clamp(min=0)
+    ev = blackhat + 2.0 * redness
+    inside = masks.flatten(1).sum(1).clamp(min=1.0)
+    norm = ((ev * masks).flatten(1).sum(1) / inside).clamp(min=0.01).view(-1, 1, 1, 1)  # mean evidence in face
+    bar = (_odd(0.05 * s), _odd(0.2 * s))  # (height, width) of the horizontal averaging bar
+    lips = F.avg_pool2d(ev, bar, 1, (bar[0] // 2, bar[1] // 2), count_include_pad=False)
+    eyes = _smooth(_smooth(blackhat, _odd(0.1 * s)), _odd(0.1 * s))  # ~ Gaussian, sigma 0.04 s
+    return lips * _erode(masks, _odd(0.07 * s)) / norm, eyes / norm
+
+
+def _shifted(m: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """out[..., y, x] = m[..., y + dy, x + dx] (zero outside)."""
+    p = max(abs(dx), abs(dy))
+    padded = F.pad(m, (p, p, p, p))
+    h, w = m.shape[-2:]
+    return padded[..., p + dy:p + dy + h, p + dx:p + dx + w]
+
+
+def _eye_support(eyes: torch.Tensor) -> torch.Tensor:
+    """[N,1,S,S]: for a mouth at each pixel, the best (over face scales) mean evidence at the two eye positions
+    (eye separation d, eye line d above the mouth)."""
+    s = eyes.shape[-1]
+    best = torch.zeros_like(eyes)
+    for frac in _EYE_SEPARATIONS:
+        d = frac * s
+        half, up = int(round(d / 2)), int(round(_EYE_RISE * d))
+        pair = torch.minimum(_shifted(eyes, -half, -up), _shifted(eyes, half, -up))  # both eyes must be there
+        best = torch.maximum(best, pair)
+    return best
+
+
+def _mouth_prior(size: int) -> torch.Tensor:
+    """[1,1,S,S] Gaussian around the expected mouth position, in face-box units (crop has ``_MARGIN``)."""
+    p = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # crop coordinates 0..1
+    face = (p * (1 + 2 * _MARGIN) - _MARGIN) * 2 - 1  # -> face box coordinates -1..1
+    u, v = face.view(1, -1), face.view(-1, 1)
+    return torch.exp(-0.5 * ((u / _MOUTH_SIGMA) ** 2 + ((v - _MOUTH_V) / _MOUTH_SIGMA) ** 2))[None, None]
+
+
+def _mouth_stage(crops: torch.Tensor, masks: torch.Tensor, wins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> mouth centres [N,2] normalised to the frame, mouth strength [N] in 0..1."""
+    s = crops.shape[-1]
+    lips, eyes = _maps(crops, masks)
+    score = (lips + _EYE_WEIGHT * _eye_support(eyes)) * _mouth_prior(s)
+    peak, idx = score.flatten(1).max(1)
+    cy, cx = (idx // s).float() + 0.5, (idx % s).float() + 0.5  # crop pixels
+    strength = ((peak - _STRENGTH[0]) / (_STRENGTH[1] - _STRENGTH[0])).clamp(0, 1)
+    x = wins[:, 0] + (wins[:, 2] - wins[:, 0]) * cx / s
+    y = wins[:, 1] + (wins[:, 3] - wins[:, 1]) * cy / s
+    return torch.stack([x, y], 1), strength
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _locate_chunk(frames: torch.Tensor, small: torch.Tensor, scale: torch.Tensor, opts: LocateOptions):
+    """frames [N,H,W,C] (any dtype), small [N,3,h,w] -> (centres [N,2], face boxes [N,4], confidence [N]).
+
+    Each face candidate (salient blob, salient skin blob) gets a mouth search; per frame the more confident wins.
+    """
+    best = None
+    for boxes, blob, face in _face_candidates(small):
+        crops, masks, wins = _crop_frames(frames, blob, boxes, scale, opts.crop)
+        centres, strength = _mouth_stage(crops, masks, wins)
+        cand = (centres, boxes * scale, face * strength)
+        if best is None:
+            best = cand
+        else:
+            take = (cand[2] > best[2])[:, None]
+            best = tuple(torch.where(take if b.dim() == 2 else take[:, 0], c, b) for c, b in zip(cand, best))
+    return best
+
+
+def locate_mouths(frames: torch.Tensor, options: LocateOptions = LocateOptions()) -> MouthTrack:
+    """Find the mouth in every frame of [F,H,W,C] (float 0..1 or uint8). Never raises for what frames show."""
+    if frames.dim() == 3:
+        frames = frames[None]  # one frame [H,W,C] -> [1,H,W,C]
+    if frames.dim() != 4 or frames.shape[0] == 0 or min(frames.shape[1:3]) < 1:
+        raise ValueError(f"frames must be [frames, height, width, channels], got {list(frames.shape)}")
+    small, scale = _downscale(frames, options.work_size)
+    parts = [_locate_chunk(frames[i:i + options.chunk], small[i:i + options.chunk], scale, options)
+             for i in range(0, frames.shape[0], options.chunk)]
+    centres, boxes, conf = (torch.cat(p) for p in zip(*parts))
+    return finish_track(centres, boxes, conf, conf >= options.min_confidence, options.smooth_frames)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tracks over time, user masks, previews
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fill_invalid(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[F,D] values: rows where ``valid`` [F] is False are linearly interpolated between the nearest valid rows
+    (copied from the nearest one at either end). All invalid: returned unchanged."""
+    idx = torch.nonzero(valid, as_tuple=True)[0]
+    if idx.numel() == 0 or idx.numel() == valid.numel():
+        return values.clone()
+    t = torch.arange(valid.numel())
+    right = torch.searchsorted(idx, t).clamp(max=idx.numel() - 1)  # first valid index >= t (or the last)
+    left = (right - 1).clamp(min=0)
+    left = torch.where(idx[right] <= t, right, left)  # t itself valid, or past the last valid frame
+    a, b = idx[left], idx[right]
+    w = torch.where(b > a, (t - a).float() / (b - a).clamp(min=1).float(), torch.zeros(t.shape))
+    w = w.clamp(0, 1)[:, None]
+    return values[a] * (1 - w) + values[b] * w
+
+
+def median_smooth(values: torch.Tensor, frames: int) -> torch.Tensor:
+    """Running median over ``frames`` (odd; even numbers round up) of [F,D] values, edges replicated."""
+    half = max(0, int(frames) // 2)
+    if half == 0 or values.shape[0] < 2:
+        return values.clone()
+    padded = torch.cat([values[:1].expand(half, -1), values, values[-1:].expand(half, -1)])  # [F+2h,D]
+    return padded.unfold(0, 2 * half + 1, 1).median(-1).values  # [F,D,2h+1] -> [F,D]
+
+
+def finish_track(centres: torch.Tensor, boxes: torch.Tensor, confidence: torch.Tensor, valid: torch.Tensor,
+                 smooth_frames: int) -> MouthTrack:
+    """Fill invalid frames from their valid neighbours, median-smooth, and fall back to the frame centre (with a
+    warning) when no frame is valid."""
+    valid = valid.bool() & torch.isfinite(centres).all(1) & torch.isfinite(boxes).all(1)
+    if not bool(valid.any()):
+        log.warning("no face or mouth found in any of %d frames: using the frame centre and uniform guidance",
+                    centres.shape[0])
+        n = centres.shape[0]
+        return MouthTrack(torch.full((n, 2), 0.5), torch.zeros(n, dtype=torch.bool),
+                          torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n))
+    both = fill_invalid(torch.cat([centres, boxes], 1), valid)  # [F,6]
+    both = median_smooth(both, smooth_frames)
+    conf = torch.where(valid, confidence.float(), torch.zeros_like(confidence, dtype=torch.float32))
+    return MouthTrack(both[:, :2].contiguous(), valid, both[:, 2:].contiguous(), conf)
+
+
+def mask_to_mouths(mask: torch.Tensor, smooth_frames: int = 1) -> MouthTrack:
+    """Mouth track from a user MASK [F,H,W] (or [H,W]) in 0..1: the weighted centroid of each frame's mask and
+    the box of its nonzero pixels. Empty frames are filled from their neighbours like frames without a face."""
+    m = mask.float()
+    if m.dim() == 2:
+        m = m[None]  # [H,W] -> [1,H,W]
+    if m.dim() != 3:
+        raise ValueError(f"mask must be [frames, height, width], got {list(mask.shape)}")
+    m = torch.nan_to_num(m).clamp(0, 1)
+    n, hgt, wid = m.shape
+    ys = (torch.arange(hgt, dtype=torch.float32) + 0.5) / hgt
+    xs = (torch.arange(wid, dtype=torch.float32) + 0.5) / wid
+    total = m.sum((1, 2))  # [F]
+    cx = (m.sum(1) * xs).sum(1) / total.clamp(min=1e-8)  # [F,W] -> [F]
+    cy = (m.sum(2) * ys).sum(1) / total.clamp(min=1e-8)  # [F,H] -> [F]
+    valid = total > 1e-6
+    on_x, on_y = m.amax(1) > 0, m.amax(2) > 0  # [F,W], [F,H]
+    ar_x, ar_y = torch.arange(wid, dtype=torch.float32), torch.arange(hgt, dtype=torch.float32)
+    x0 = torch.where(on_x, ar_x, _INF).min(1).values / wid
+    x1 = (torch.where(on_x, ar_x, -_INF).max(1).values + 1) / wid
+    y0 = torch.where(on_y, ar_y, _INF).min(1).values / hgt
+    y1 = (torch.where(on_y, ar_y, -_INF).max(1).values + 1) / hgt
+    boxes = torch.stack([x0, y0, x1, y1], 1)
+    return finish_track(torch.stack([cx, cy], 1), boxes, valid.float(), valid, smooth_frames)
+
+
+def mouth_mask_preview(track: MouthTrack, height: int, width: int, radius: float = 0.08) -> torch.Tensor:
+    """[F,H,W] float: a soft disc (1 inside, smooth edge) of ``radius`` x min(H, W) pixels at each mouth centre;
+    all zeros on frames where the track is not valid."""
+    r = max(1.0, radius * min(height, width))
+    ys = torch.arange(height, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, dtype=torch.float32) + 0.5
+    c = track.centres.float() * torch.tensor([width, height], dtype=torch.float32)  # [F,2] pixels
+    d = torch.sqrt((ys[None, :, None] - c[:, 1, None, None]) ** 2 + (xs[None, None, :] - c[:, 0, None, None]) ** 2)
+    soft = max(1.0, 0.25 * r)  # edge width, pixels
+    disc = ((r - d) / soft + 0.5).clamp(0, 1)  # [F,H,W]
+    return disc * track.valid.float()[:, None, None]
