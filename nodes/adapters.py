@@ -30,8 +30,8 @@ from ..omnisync_model.flow import euler_sample, progressive_init, sigma_schedule
 from ..omnisync_model.guidance import DSCFG, GuidedVelocity
 from ..omnisync_model.lipsync_file import fit_audio
 from ..omnisync_model.model import OmniSyncModel
-from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, iter_lipsync, latent_first_frames,
-                                       mouth_map, to_float_frames, validate_fps, window_noise)
+from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, iter_lipsync,
+                                       latent_first_frames, mouth_map, to_float_frames, validate_fps, window_noise)
 from ..omnisync_model.windows import Window
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,8 @@ def fit_mask_count(mask: torch.Tensor, n_frames: int) -> torch.Tensor:
     if m == n_frames:
         return mask
     if m != 1:
-        log.warning("mask has %d frames, the video %d; %s", m, n_frames, "truncating" if m > n_frames else "repeating the last")
+        log.warning("mask has %d frames, the video %d; %s", m, n_frames,
+                    "truncating" if m > n_frames else "repeating the last")
     idx = torch.arange(n_frames).clamp(max=m - 1)
     return mask[idx]
 
@@ -306,7 +307,7 @@ class VAECodec:
     gives them.
     """
 
-    def __init__(self, vae: Any):
+    def __init__(self, vae: Any, after_use: Optional[Callable[[], None]] = None):
         for attr in ("encode", "decode", "latent_channels"):
             if not hasattr(vae, attr):
                 raise ValueError(f"the connected VAE has no '{attr}'; connect a VAE from a core VAE loader "
@@ -316,6 +317,7 @@ class VAECodec:
         self.spatial_factor = int(_call_or(vae, "spacial_compression_encode", 8))
         self.temporal_factor = int(_call_or(vae, "temporal_compression_decode", None) or 1) if self.video else 1
         self.latent_channels = int(vae.latent_channels)
+        self.after_use = after_use  # e.g. re-load the DiT if loading the VAE pushed it off the GPU
 
     def __repr__(self) -> str:
         return (f"VAECodec({type(self.vae).__name__}, spatial={self.spatial_factor}, "
@@ -324,6 +326,7 @@ class VAECodec:
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [F,H,W,3] 0..1 -> latent [1,C,T,h,w]."""
         out = self.vae.encode(frames)
+        self._used()
         if out.dim() == 4:
             return out.permute(1, 0, 2, 3).unsqueeze(0)  # image VAE [F,C,h,w] -> [1,C,F,h,w]
         return out  # video VAE [1,C,T,h,w]
@@ -334,7 +337,13 @@ class VAECodec:
             images = self.vae.decode(latent)  # [1,T',H,W,3]
         else:
             images = self.vae.decode(latent[0].permute(1, 0, 2, 3))  # [1,C,T,h,w] -> [T,C,h,w] -> [T,H,W,3]
+        self._used()
         return images.reshape(-1, *images.shape[-3:]).float().clamp(0, 1)  # [1,T',H,W,3] -> [T',H,W,3]
+
+
+    def _used(self) -> None:
+        if self.after_use is not None:
+            self.after_use()
 
 
 def _call_or(obj: Any, name: str, default: Any) -> Any:
@@ -342,8 +351,12 @@ def _call_or(obj: Any, name: str, default: Any) -> Any:
     return fn() if callable(fn) else default
 
 
-def codec_for(model: OmniSyncModel, vae: Any = None) -> Codec:
-    """The model's built-in codec without a VAE, else the VAE wrapped; refuses a channel mismatch."""
+def codec_for(model: OmniSyncModel, vae: Any = None, after_vae: Optional[Callable[[], None]] = None) -> Codec:
+    """The model's built-in codec without a VAE, else the VAE wrapped; refuses a channel mismatch.
+
+    ``after_vae`` runs after every VAE encode / decode (the nodes re-load the DiT there: loading the VAE may have
+    moved it off the GPU).
+    """
     cfg = model.config
     if vae is None:
         try:
@@ -352,7 +365,7 @@ def codec_for(model: OmniSyncModel, vae: Any = None) -> Codec:
             raise ValueError(f"this checkpoint works in the latent space of '{cfg.codec}'; connect that VAE to the "
                              f"vae input") from None
     else:
-        codec = VAECodec(vae)
+        codec = VAECodec(vae, after_vae)
     check_codec(model, codec)
     return codec
 
@@ -444,7 +457,8 @@ def sample_latent(model: OmniSyncModel, audio: EncodedAudio, inputs: SamplerInpu
     tokens = audio.for_latent(model, inputs.temporal_factor).to(device)
     centres, valid = track_arrays(mouth, audio.n_frames)
     win = Window(0, 0, audio.n_frames)
-    gmap = mouth_map(centres, valid, win, _Factors(inputs.temporal_factor), tuple(src.shape[-2:]), cfg)
+    n_padded = 1 + (src.shape[2] - 1) * inputs.temporal_factor  # video frames the latent stands for
+    gmap = mouth_map(centres, valid, win, n_padded, inputs.temporal_factor, tuple(src.shape[-2:]), cfg)
     guided = GuidedVelocity(model, src, tokens, gmap.to(device), inputs.tau, cfg)
     sigmas = sigma_schedule(int(steps), start=inputs.tau, shift=shift)
     with torch.no_grad():
@@ -452,9 +466,3 @@ def sample_latent(model: OmniSyncModel, audio: EncodedAudio, inputs: SamplerInpu
     out = out[..., :hw[0], :hw[1]]
     return latent_from_5d(out, inputs.image_batch, temporal_factor=inputs.temporal_factor)
 
-
-@dataclass(frozen=True)
-class _Factors:
-    """The part of a codec ``mouth_map`` reads."""
-
-    temporal_factor: int

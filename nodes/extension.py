@@ -7,6 +7,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .audio import OmniSyncAudioEncode
+from .face import OmniSyncFaceCrop, OmniSyncFacePaste
 from .lipsync import OmniSyncLipSync
 from .loader import OmniSyncModelLoader
 from .mouth import OmniSyncMouthRegion
@@ -20,6 +21,8 @@ NODES: list[type[io.ComfyNode]] = [
     OmniSyncNoiseInit,
     OmniSyncSampler,
     OmniSyncLipSync,
+    OmniSyncFaceCrop,
+    OmniSyncFacePaste,
     OmniSyncPixelVAE,
 ]
 

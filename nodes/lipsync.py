@@ -11,7 +11,7 @@ from ..omnisync_model.windows import plan_windows
 from .adapters import (audio_input, check_fps, codec_for, fit_audio_to_video, image_to_frames, lipsync_into,
                        make_options, track_arrays)
 from .mouth import locate_track
-from .runtime import output_device, prepare_model, progress_hooks
+from .runtime import output_device, prepare_model, progress_hooks, reload_model
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel, OmniMouth
 
@@ -72,7 +72,7 @@ class OmniSyncLipSync(io.ComfyNode):
         options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
         n, height, width = frames.shape[:3]
         omni = model.model.omnisync
-        codec = codec_for(omni, vae)
+        codec = codec_for(omni, vae, after_vae=lambda: reload_model(model))
         windows = plan_windows(n, options.window, options.overlap, multiple=codec.temporal_factor)
         if mouth is None:
             mouth = locate_track(frames)

@@ -39,6 +39,11 @@ def prepare_model(patcher, tokens: int = 0) -> OmniSyncModel:
     return model
 
 
+def reload_model(patcher) -> None:
+    """Make sure the DiT is (still) loaded; cheap when it is. Called after VAE work, which may have evicted it."""
+    mm.load_models_gpu([patcher])
+
+
 def progress_hooks(total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """(progress(done, total), check_interrupt()) for the pipeline: a ComfyUI ProgressBar and the interrupt flag."""
     bar = comfy.utils.ProgressBar(max(1, int(total)))

@@ -1,25 +1,25 @@
 """Weight-free face and mouth locator for real footage, AI clips, cartoons and animals.
 
-Nothing is downloaded: the locator is a few image heuristics in plain torch (kornia for filters), run at a
-reduced resolution, and it never raises because of what a frame shows. Per frame:
+Nothing is downloaded: a few image heuristics in plain torch at a reduced resolution; nothing a frame shows can
+make it raise. Per frame:
 
-1. Face region (working size, longest side ``work_size``): two candidate masks, skin chroma (YCrCb) and
-   saliency (pixels whose colour is far from every colour on the frame border, or that are walled off from the
-   top / left / right borders by edges: a minimum-barrier flood). Holes are filled, the thickest connected blob
-   is taken (the centre of its chessboard distance transform), and thin parts (a neck, hair strands) are cut off
-   by keeping the blob's core (distance >= half the maximum) grown back by that half: the face box.
-   A salient skin blob wins when it is thick enough, otherwise the salient blob is used.
-2. Mouth (the face box plus a margin, cropped from the full frame and resized to ``crop`` x ``crop``): the lower
-   middle part of the face with the strongest horizontal lip evidence: thin dark structure (morphological
-   black-hat of luma: the lip line, an open mouth) plus redness (Cr above its local mean), averaged along a
-   horizontal bar, weighted by a broad prior around the usual mouth position (half-way from face centre to chin).
-3. Time: frames without a confident face are filled from the nearest valid frames (linear interpolation), then
-   centres and boxes get a running median over ``smooth_frames`` frames. When no frame is valid the track is the
-   frame centre, ``valid`` is all False (the pipeline then uses uniform guidance) and a warning is logged.
+1. Face candidates (working size, longest side ``work_size``): the salient blob (colour far from every border
+   colour, or walled off from the top / left / right borders by edges: a minimum-barrier flood) and the two
+   thickest skin blobs (YCrCb chroma). Holes are filled, a blob is the component around the deepest pixel of
+   its chessboard distance transform, and its face box is the box of a morphological opening (drops a neck).
+   A face score rates size, shape and solidity; uncorrelated noise scores 0.
+2. Mouth, per candidate, in a square crop around the face box read from the full frame (``crop`` pixels): the
+   strongest horizontal bar of lip evidence (luma black-hat: the lip line, an open mouth; local redness: lips)
+   inside the face, on rows where the face is wide (not the chin or neck), weighted by a broad prior around
+   the usual mouth position and by dark eye-like blobs at the matching place above. The candidate with the best
+   weighted face x mouth score wins (skin is preferred: on real footage it is the surer cue).
+3. Time: detections far from the running median are dropped, frames without a confident mouth are filled by
+   linear interpolation between the nearest valid frames, then centres and boxes get a running median over
+   ``smooth_frames`` frames. No valid frame at all: the frame centre, ``valid`` all False (uniform guidance in
+   the pipeline) and a logged warning.
 
 Shape legend: F frames, H, W frame size, N frames in a chunk, h, w working size, S mouth crop side.
-Coordinates are normalised: x = pixel_x / W, y = pixel_y / H with pixel centres at (i + 0.5); boxes are
-(x0, y0, x1, y1).
+Coordinates are normalised, x = pixel_x / W and y = pixel_y / H; boxes are (x0, y0, x1, y1).
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ _BORDER_SAMPLES = 32  # border colours compared against
 _CORE = 0.65  # blob core: chessboard distance >= _CORE x the blob's maximum
 _MAX_ROUNDS = 8  # sweep rounds of a flood (each = 4 directional sweeps at once)
 _MOUTH_V, _MOUTH_SIGMA = 0.45, 0.45  # prior: mouth at v = 0.45 of the face half-height below its centre
+_DARK_FLOOR, _RED_FLOOR = 0.01, 0.004  # smallest face means that black-hat and redness are divided by
 _EYE_SEPARATIONS = (0.2, 0.26, 0.32, 0.38, 0.44)  # eye distances tried, as fractions of the mouth crop side
-_EYE_RISE = 1.0  # eye line above the mouth, in eye distances
-_EYE_WEIGHT = 1.0
-_STRENGTH = (2.0, 4.0)  # normalised mouth score mapped to strength 0 .. 1
+_EYE_RISE = 1.05  # eye line above the mouth, in eye distances
+_EYE_WEIGHT = 0.5  # share of the mouth score that depends on eyes above it
+_CANDIDATE_WEIGHTS = (0.5, 1.0, 1.0)  # salient blob, skin blobs: skin is the surer cue on real footage
+_STRENGTH = (0.6, 2.4)  # normalised mouth score mapped to strength 0 .. 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MouthTrack:
     """Per-frame mouth centres [F,2] (x, y), valid [F] bool, face boxes [F,4] (x0,y0,x1,y1), confidence [F]."""
 
@@ -63,24 +65,23 @@ class MouthTrack:
 
 @dataclass(frozen=True)
 class LocateOptions:
-    """``work_size``: longest side for the face search; ``crop``: mouth crop side; ``smooth_frames``: running
-    median window in frames (odd; 1 = none; 5 frames = 0.2 s at 25 fps); ``min_confidence``: valid threshold;
-    ``chunk``: frames processed at once (bounds memory)."""
+    """Longest side of the face search, mouth crop side, running-median window in frames (odd, 1 = none; 5 frames
+    are 0.2 s at 25 fps), window of the median that detections must stay near (< 3 = no outlier test), valid
+    threshold, and frames searched at once."""
 
     work_size: int = 160
     crop: int = 64
     smooth_frames: int = 5
+    outlier_frames: int = 9
     min_confidence: float = 0.35
-    chunk: int = 64
+    chunk: int = 256
 
     def __post_init__(self) -> None:
         if self.work_size < 16 or self.crop < 16 or self.chunk < 1 or self.smooth_frames < 1:
             raise ValueError(f"invalid locate options {self}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Small image helpers (all on [N,C,h,w] float)
-# ---------------------------------------------------------------------------------------------------------------
+# --- Small image helpers (all on [N,C,h,w] float) ------------------------------------------------------------------
 
 
 def _to_float(chunk: torch.Tensor) -> torch.Tensor:
@@ -92,9 +93,8 @@ def _to_float(chunk: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    return F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
+    same = tuple(x.shape[-2:]) == tuple(hw)
+    return x if same else F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
 
 
 def _downscale(frames: torch.Tensor, size: int, step: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,13 +104,13 @@ def _downscale(frames: torch.Tensor, size: int, step: int = 16) -> tuple[torch.T
     last H % k rows and W % k columns are dropped; ``scale`` accounts for that.
     """
     n, hgt, wid = frames.shape[:3]
-    k = max(1, max(hgt, wid) // size)
+    k = max(1, min(max(hgt, wid) // size, min(hgt, wid)))  # block side, at most the shorter frame side
     stride = max(1, k // 4)  # read every stride-th pixel of each block
     k = k // stride * stride
     b, hh, ww = k // stride, hgt // k * k, wid // k * k  # samples per block side, covered size
     out = []
     for i in range(0, n, step):
-        x = frames[i:i + step, :hh:stride, :ww:stride].float()  # [n,hh/stride,ww/stride,C]
+        x = frames[i:i + step, :hh:stride, :ww:stride].cpu().float()  # [n,hh/stride,ww/stride,C], on the CPU
         if frames.dtype == torch.uint8:
             x = x / 255.0
         x = x.reshape(x.shape[0], hh // k, b, ww // k, b, x.shape[-1]).mean((2, 4))  # -> [n,hh/k,ww/k,C]
@@ -123,17 +123,22 @@ def _downscale(frames: torch.Tensor, size: int, step: int = 16) -> tuple[torch.T
     return torch.cat(out), scale
 
 
-def _smooth(x: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Box average over k x k (odd) pixels, edges averaged over the pixels inside."""
-    return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
-
-
-def _erode(m: torch.Tensor, k: int = 3) -> torch.Tensor:
-    return -F.max_pool2d(-m, k, 1, k // 2)
+def _smooth(x: torch.Tensor, k: int = 3, kw: int | None = None) -> torch.Tensor:
+    """Box average over k x kw (odd; kw defaults to k) pixels, separable, edges averaged over pixels inside."""
+    kw = k if kw is None else kw
+    x = F.avg_pool2d(x, (1, kw), 1, (0, kw // 2), count_include_pad=False) if kw > 1 else x
+    return F.avg_pool2d(x, (k, 1), 1, (k // 2, 0), count_include_pad=False) if k > 1 else x
 
 
 def _dilate(m: torch.Tensor, k: int = 3) -> torch.Tensor:
-    return F.max_pool2d(m, k, 1, k // 2)
+    """Maximum over a k x k square (odd k), separable."""
+    m = F.max_pool2d(m, (1, k), 1, (0, k // 2))
+    return F.max_pool2d(m, (k, 1), 1, (k // 2, 0))
+
+
+def _erode(m: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Minimum over a k x k square (odd k)."""
+    return -_dilate(-m, k)
 
 
 def _odd(v: float) -> int:
@@ -146,9 +151,7 @@ def _ycc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return y, 0.713 * (x[:, 0:1] - y), 0.564 * (x[:, 2:3] - y)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Floods (minimax paths) by directional sweeps: O(rounds * (h + w)) small tensor ops, independent of N
-# ---------------------------------------------------------------------------------------------------------------
+# --- Floods (minimax paths) by directional sweeps: O(rounds * (h + w)) small tensor ops, independent of N ----------
 
 
 def _sweep(neg: torch.Tensor, neg_cost: torch.Tensor | None) -> None:
@@ -231,9 +234,7 @@ def _thickest_blob(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return blob, dist, dmax
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Stage 1: face boxes at the working size
-# ---------------------------------------------------------------------------------------------------------------
+# --- Stage 1: face boxes at the working size -----------------------------------------------------------------------
 
 
 def _border_colour_distance(xs: torch.Tensor) -> torch.Tensor:
@@ -280,32 +281,42 @@ def _skin(xs: torch.Tensor) -> torch.Tensor:
     return ok.float()
 
 
+def _span(on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First index and last index + 1 where ``on`` [N,L] is True (+inf / -inf + 1 where it never is)."""
+    ar = torch.arange(on.shape[1], dtype=torch.float32)
+    return torch.where(on, ar, _INF).min(1).values, torch.where(on, ar, -_INF).max(1).values + 1.0
+
+
 def _opened_box(blob: torch.Tensor, dist: torch.Tensor, dmax: torch.Tensor) -> torch.Tensor:
     """Box [N,4] pixels (x0,y0,x1,y1) of the blob's core (distance >= ``_CORE`` dmax) grown by that distance: the
     box of a morphological opening, which drops parts narrower than about 1.3 dmax (a neck under a face)."""
     core = (blob > 0) & (dist >= _CORE * dmax.view(-1, 1, 1, 1))
-    cols, rows = core.any(-2).flatten(1), core.any(-1).flatten(1)  # [N,w], [N,h]
+    (x0, x1), (y0, y1) = _span(core.any(-2).flatten(1)), _span(core.any(-1).flatten(1))  # [N,w], [N,h] -> [N]
     grow = _CORE * dmax + 0.5
-
-    def span(any_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ar = torch.arange(any_.shape[1], dtype=torch.float32)
-        lo = torch.where(any_, ar, _INF).min(1).values
-        hi = torch.where(any_, ar, -_INF).max(1).values + 1.0
-        return lo, hi
-
-    (x0, x1), (y0, y1) = span(cols), span(rows)
     return torch.stack([x0 - grow, y0 - grow, x1 + grow, y1 + grow], 1)
+
+
+def _structure(xs: torch.Tensor) -> torch.Tensor:
+    """[N] in 0..1: 0 for pixel noise, 1 for images with spatially coherent structure. Edge strength on a 2x
+    coarser image over that on the image (median and 90th percentile, the larger) is ~1 for uncorrelated noise
+    and >= 1.15 for drawn or filmed content."""
+    q = torch.tensor([0.5, 0.9])
+    fine = _edges(xs).flatten(1).quantile(q, dim=1)  # [2,N]
+    coarse = _edges(F.avg_pool2d(xs, 2, ceil_mode=True)).flatten(1).quantile(q, dim=1)
+    ratio = (coarse / fine.clamp(min=1e-6)).amax(0)
+    return ((ratio - 1.07) / 0.08).clamp(0, 1)
 
 
 def _face_candidates(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """x [N,3,h,w] -> [(boxes [N,4] work-normalised, blob [N,1,h,w], face score [N] in 0..1)] for the salient
-    blob and the two thickest salient skin blobs (a face next to hands, say)."""
+    blob and the two thickest skin blobs (a face next to hands, say)."""
     xs = _smooth(x)
-    salient = _salient(xs)
+    structure = _structure(xs)
     skin = fill_holes(_erode(_dilate(_skin(xs))))
     first = _candidate(skin)
     second = _candidate(skin * (1.0 - _dilate(first[1])))
-    return [_candidate(salient), first, second]
+    cands = [_candidate(_salient(xs)), first, second]
+    return [(boxes, blob, score * structure) for boxes, blob, score in cands]
 
 
 def _candidate(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -319,43 +330,47 @@ def _candidate(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def _face_score(blob: torch.Tensor, dmax: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """1 for a compact blob of plausible size and shape, falling to 0 for specks, frame-filling, very elongated or
-    ragged blobs and blobs whose box runs along several frame edges (floors, walls)."""
-    h, w = blob.shape[-2:]
-    area = blob.flatten(1).mean(1)  # fraction of the frame
-    bw, bh = (boxes[:, 2] - boxes[:, 0]) * w, (boxes[:, 3] - boxes[:, 1]) * h  # pixels
-    size_ok = ((area - 0.003) / 0.01).clamp(0, 1) * ((0.7 - area) / 0.2).clamp(0, 1)
-    aspect = bh / bw.clamp(min=1e-3)
+    hollow boxes, blobs that are mostly thin appendages, and boxes that run along several frame edges."""
+    n, _, h, w = blob.shape
+    x0, y0, x1, y1 = (boxes * torch.tensor([w, h, w, h])).unbind(1)  # pixels
+    xs, ys = torch.arange(w).view(1, 1, w) + 0.5, torch.arange(h).view(1, h, 1) + 0.5
+    inside = (xs >= x0.view(n, 1, 1)) & (xs <= x1.view(n, 1, 1)) & (ys >= y0.view(n, 1, 1)) & (ys <= y1.view(n, 1, 1))
+    total = blob.flatten(1).sum(1)
+    in_box = (blob[:, 0] * inside).flatten(1).sum(1)
+    box_px = ((x1 - x0) * (y1 - y0)).clamp(min=1.0)
+    area = total / (h * w)  # fraction of the frame
+    size_ok = ((area - 0.005) / 0.015).clamp(0, 1) * ((0.7 - area) / 0.2).clamp(0, 1)
+    aspect = (y1 - y0) / (x1 - x0).clamp(min=1e-3)
     shape_ok = ((aspect - 0.4) / 0.3).clamp(0, 1) * ((2.8 - aspect) / 0.6).clamp(0, 1)
-    fill_ok = ((blob.flatten(1).sum(1) / (bw * bh).clamp(min=1.0) - 0.25) / 0.2).clamp(0, 1)
+    solid_ok = ((in_box / box_px - 0.35) / 0.2).clamp(0, 1)
+    core_ok = ((in_box / total.clamp(min=1.0) - 0.4) / 0.2).clamp(0, 1)
     touch = (boxes[:, 0] < 0.01).float() + (boxes[:, 1] < 0.01).float() + (boxes[:, 2] > 0.99).float() \
         + (boxes[:, 3] > 0.99).float()
     edge_ok = torch.where(touch >= 2, 0.4 ** (touch - 1), torch.ones_like(touch))
-    return size_ok * shape_ok * fill_ok * edge_ok * (dmax >= 2).float()
+    return size_ok * shape_ok * solid_ok * core_ok * edge_ok * (dmax >= 2).float()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Stage 2: the mouth inside each face crop
-# ---------------------------------------------------------------------------------------------------------------
+# --- Stage 2: the mouth inside each face crop ----------------------------------------------------------------------
 
 
-_MARGIN = 0.12  # face box margin of the mouth crop, as a fraction of the box size on each side
+_MARGIN = 0.12  # mouth crop: a square around the face box, its longer side plus this fraction on each side
 
 
-def _crop_frames(frames: torch.Tensor, blob: torch.Tensor, boxes: torch.Tensor, scale: torch.Tensor, size: int):
-    """Crop (face box + margin) from the full frames [N,H,W,C] and from the blob [N,1,h,w] (boxes [N,4] are
-    work-normalised) -> crops [N,3,S,S], masks [N,1,S,S], crop windows [N,4] frame-normalised."""
-    wins = _expand(boxes, _MARGIN)
-    crops, masks = [], []
-    for i in range(frames.shape[0]):
-        crops.append(_crop_one(frames[i], wins[i] * scale, size))
-        masks.append(_crop_one(blob[i].permute(1, 2, 0), wins[i], size)[:, :1])  # [1,h,w] -> [h,w,1]
-    return torch.cat(crops), (torch.cat(masks) > 0.5).float(), wins * scale
+def _crop_frames(frames: torch.Tensor, blob: torch.Tensor, wins: torch.Tensor, scale: torch.Tensor, size: int,
+                 idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop windows [N,4] (work-normalised) of frames ``idx`` from the full frames [N,H,W,C] and from the blob
+    [N,1,h,w] -> crops [n,3,S,S], masks [n,1,S,S] (n = len(idx))."""
+    crops = [_crop_one(frames[i], wins[i] * scale, size) for i in idx]
+    masks = [_crop_one(blob[i].permute(1, 2, 0), wins[i], size)[:, :1] for i in idx]  # [1,h,w] -> [h,w,1]
+    return torch.cat(crops), (torch.cat(masks) > 0.5).float()
 
 
-def _expand(boxes: torch.Tensor, margin: float) -> torch.Tensor:
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return torch.stack([boxes[:, 0] - margin * w, boxes[:, 1] - margin * h,
-                        boxes[:, 2] + margin * w, boxes[:, 3] + margin * h], 1)
+def _square_windows(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Normalised boxes [N,4] of an h x w image -> normalised square windows (equal sides in pixels) [N,4]."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    half = torch.maximum((boxes[:, 2] - boxes[:, 0]) * w, (boxes[:, 3] - boxes[:, 1]) * h) * (0.5 + _MARGIN)
+    half = half.clamp(min=2.0)  # pixels
+    return torch.stack([cx - half / w, cy - half / h, cx + half / w, cy + half / h], 1)
 
 
 def _crop_one(img: torch.Tensor, win: torch.Tensor, size: int) -> torch.Tensor:
@@ -365,29 +380,42 @@ def _crop_one(img: torch.Tensor, win: torch.Tensor, size: int) -> torch.Tensor:
     y0, y1 = int(torch.floor(win[1] * hgt)), int(torch.ceil(win[3] * hgt))
     x0, y0 = min(max(x0, -wid), wid - 1), min(max(y0, -hgt), hgt - 1)  # at least one pixel inside the frame
     x1, y1 = max(min(x1, 2 * wid), x0 + 1, 1), max(min(y1, 2 * hgt), y0 + 1, 1)
-    region = _to_float(img[None, max(0, y0):min(hgt, y1), max(0, x0):min(wid, x1)])  # [1,3,h',w']
-    pad = (max(0, -x0), max(0, x1 - wid), max(0, -y0), max(0, y1 - hgt))
+    step = max(1, min(x1 - x0, y1 - y0) // (2 * size))  # big windows: read every step-th pixel first
+    region = _to_float(img[None, max(0, y0):min(hgt, y1):step, max(0, x0):min(wid, x1):step].cpu())  # [1,3,h',w']
+    pad = tuple(-(-p // step) for p in (max(0, -x0), max(0, x1 - wid), max(0, -y0), max(0, y1 - hgt)))
     if any(pad):
         region = F.pad(region, pad, mode="replicate")
     return _resize(region, (size, size))
 
 
+def _face_mean(m: torch.Tensor, masks: torch.Tensor, floor: float) -> torch.Tensor:
+    """Mean of m [N,1,S,S] over the face mask, at least ``floor``: [N,1,1,1]."""
+    inside = masks.flatten(1).sum(1).clamp(min=1.0)
+    return ((m * masks).flatten(1).sum(1) / inside).clamp(min=floor).view(-1, 1, 1, 1)
+
+
 def _maps(crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lip evidence as a horizontal bar [N,1,S,S] (luma black-hat + 2 x local redness, inside the eroded face
-    blob) and eye evidence [N,1,S,S] (black-hat blobs), both divided by the mean evidence inside the face."""
+    """Lip evidence as a horizontal bar [N,1,S,S] inside the eroded face blob, and eye evidence [N,1,S,S].
+
+    Cues: luma black-hat (thin dark structure: the lip line, an open mouth, eyes) and local redness (Cr above its
+    neighbourhood: lips), each divided by its mean over the face (with a floor, so a face without any red does not
+    amplify noise). Lips average the two over a horizontal bar; eyes are blurred black-hat blobs.
+    """
     s = crops.shape[-1]
     y, cr, _ = _ycc(_smooth(crops))
     k = _odd(0.11 * s)
     blackhat = (_erode(_dilate(y, k), k) - y).clamp(min=0)  # closing - image: thin dark structure
+    blackhat = blackhat / _face_mean(blackhat, masks, _DARK_FLOOR)
     k2 = _odd(0.27 * s)
-    redness = (cr - F.avg_pool2d(cr, k2, 1, k2 // 2, count_include_pad=False)).clamp(min=0)
-    ev = blackhat + 2.0 * redness
-    inside = masks.flatten(1).sum(1).clamp(min=1.0)
-    norm = ((ev * masks).flatten(1).sum(1) / inside).clamp(min=0.01).view(-1, 1, 1, 1)  # mean evidence in face
+    redness = (cr - _smooth(cr, k2)).clamp(min=0)
+    redness = redness / _face_mean(redness, masks, _RED_FLOOR)
+    ev = 0.5 * (blackhat + redness + (blackhat * redness).sqrt())  # a bonus where dark and red agree: lips
     bar = (_odd(0.05 * s), _odd(0.2 * s))  # (height, width) of the horizontal averaging bar
-    lips = F.avg_pool2d(ev, bar, 1, (bar[0] // 2, bar[1] // 2), count_include_pad=False)
+    lips = _smooth(ev, *bar)
     eyes = _smooth(_smooth(blackhat, _odd(0.1 * s)), _odd(0.1 * s))  # ~ Gaussian, sigma 0.04 s
-    return lips * _erode(masks, _odd(0.07 * s)) / norm, eyes / norm
+    rows = masks.sum(-1, keepdim=True)  # [N,1,S,1] face width per row
+    wide = ((rows / rows.amax(-2, keepdim=True).clamp(min=1.0) - 0.45) / 0.2).clamp(0, 1)  # not chin, not neck
+    return lips * _erode(masks, _odd(0.07 * s)) * wide, eyes
 
 
 def _shifted(m: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -411,45 +439,62 @@ def _eye_support(eyes: torch.Tensor) -> torch.Tensor:
     return best
 
 
-def _mouth_prior(size: int) -> torch.Tensor:
-    """[1,1,S,S] Gaussian around the expected mouth position, in face-box units (crop has ``_MARGIN``)."""
+def _mouth_prior(boxes: torch.Tensor, wins: torch.Tensor, size: int) -> torch.Tensor:
+    """[N,1,S,S] Gaussian around the expected mouth position in face-box units (u, v in -1..1 over the box)."""
     p = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # crop coordinates 0..1
-    face = (p * (1 + 2 * _MARGIN) - _MARGIN) * 2 - 1  # -> face box coordinates -1..1
-    u, v = face.view(1, -1), face.view(-1, 1)
-    return torch.exp(-0.5 * ((u / _MOUTH_SIGMA) ** 2 + ((v - _MOUTH_V) / _MOUTH_SIGMA) ** 2))[None, None]
+    span = wins[:, 2:] - wins[:, :2]  # [N,2]
+    lo = (boxes[:, :2] - wins[:, :2]) / span  # face box in crop coordinates [N,2]
+    hi = (boxes[:, 2:] - wins[:, :2]) / span
+    mid, half = (lo + hi) / 2, ((hi - lo) / 2).clamp(min=1e-3)
+    u = (p.view(1, -1) - mid[:, 0:1]) / half[:, 0:1]  # [N,S]
+    v = (p.view(1, -1) - mid[:, 1:2]) / half[:, 1:2]  # [N,S]
+    gu = torch.exp(-0.5 * (u / _MOUTH_SIGMA) ** 2)
+    gv = torch.exp(-0.5 * ((v - _MOUTH_V) / _MOUTH_SIGMA) ** 2)
+    return (gv[:, :, None] * gu[:, None, :])[:, None]  # [N,S,1] x [N,1,S] -> [N,1,S,S]
 
 
-def _mouth_stage(crops: torch.Tensor, masks: torch.Tensor, wins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> mouth centres [N,2] normalised to the frame, mouth strength [N] in 0..1."""
+def _mouth_stage(crops: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                 wins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> mouth centres [N,2] (normalised like ``wins``), mouth score [N] (>= 0; above ~2 is mouth-like)."""
     s = crops.shape[-1]
     lips, eyes = _maps(crops, masks)
-    score = (lips + _EYE_WEIGHT * _eye_support(eyes)) * _mouth_prior(s)
+    support = _eye_support(eyes)
+    support = support / support.flatten(1).amax(1).clamp(min=1e-6).view(-1, 1, 1, 1)  # 0..1
+    score = lips * (1.0 - _EYE_WEIGHT + _EYE_WEIGHT * support) * _mouth_prior(boxes, wins, s)
     peak, idx = score.flatten(1).max(1)
     cy, cx = (idx // s).float() + 0.5, (idx % s).float() + 0.5  # crop pixels
-    strength = ((peak - _STRENGTH[0]) / (_STRENGTH[1] - _STRENGTH[0])).clamp(0, 1)
     x = wins[:, 0] + (wins[:, 2] - wins[:, 0]) * cx / s
     y = wins[:, 1] + (wins[:, 3] - wins[:, 1]) * cy / s
-    return torch.stack([x, y], 1), strength
+    return torch.stack([x, y], 1), peak
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --- Per chunk, and the public entry -------------------------------------------------------------------------------
 
 
 def _locate_chunk(frames: torch.Tensor, small: torch.Tensor, scale: torch.Tensor, opts: LocateOptions):
     """frames [N,H,W,C] (any dtype), small [N,3,h,w] -> (centres [N,2], face boxes [N,4], confidence [N]).
 
-    Each face candidate (salient blob, salient skin blob) gets a mouth search; per frame the more confident wins.
+    Each face candidate (salient blob, two skin blobs) gets a mouth search; per frame the candidate with the best
+    weight x face score x mouth score wins. Confidence = face score x mouth score mapped to 0..1.
     """
-    best = None
-    for boxes, blob, face in _face_candidates(small):
-        crops, masks, wins = _crop_frames(frames, blob, boxes, scale, opts.crop)
-        centres, strength = _mouth_stage(crops, masks, wins)
-        cand = (centres, boxes * scale, face * strength)
+    best, best_rank = None, None
+    n = frames.shape[0]
+    for weight, (boxes, blob, face) in zip(_CANDIDATE_WEIGHTS, _face_candidates(small)):
+        centres, peak = torch.full((n, 2), 0.5), torch.zeros(n)
+        idx = torch.nonzero(face > 0, as_tuple=True)[0]  # frames where this candidate may be a face
+        if idx.numel():
+            wins = _square_windows(boxes, small.shape[-2], small.shape[-1])
+            crops, masks = _crop_frames(frames, blob, wins, scale, opts.crop, idx.tolist())
+            centres[idx], peak[idx] = _mouth_stage(crops, masks, boxes[idx], wins[idx])
+        excess = (peak - _STRENGTH[0]).clamp(min=0)
+        rank = weight * face * excess
+        cand = (centres * scale[:2], boxes * scale, face * (excess / (_STRENGTH[1] - _STRENGTH[0])).clamp(max=1))
         if best is None:
-            best = cand
-        else:
-            take = (cand[2] > best[2])[:, None]
-            best = tuple(torch.where(take if b.dim() == 2 else take[:, 0], c, b) for c, b in zip(cand, best))
+            best, best_rank = cand, rank
+            continue
+        take = rank > best_rank  # [N]
+        best = tuple(torch.where(take.view(-1, *[1] * (c.dim() - 1)), c, b) for c, b in zip(cand, best))
+        best_rank = torch.maximum(rank, best_rank)
     return best
 
 
@@ -463,12 +508,11 @@ def locate_mouths(frames: torch.Tensor, options: LocateOptions = LocateOptions()
     parts = [_locate_chunk(frames[i:i + options.chunk], small[i:i + options.chunk], scale, options)
              for i in range(0, frames.shape[0], options.chunk)]
     centres, boxes, conf = (torch.cat(p) for p in zip(*parts))
-    return finish_track(centres, boxes, conf, conf >= options.min_confidence, options.smooth_frames)
+    return finish_track(centres, boxes, conf, conf >= options.min_confidence, options.smooth_frames,
+                        options.outlier_frames)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Tracks over time, user masks, previews
-# ---------------------------------------------------------------------------------------------------------------
+# --- Tracks over time, user masks, previews ------------------------------------------------------------------------
 
 
 def fill_invalid(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -496,10 +540,22 @@ def median_smooth(values: torch.Tensor, frames: int) -> torch.Tensor:
     return padded.unfold(0, 2 * half + 1, 1).median(-1).values  # [F,D,2h+1] -> [F,D]
 
 
+def reject_outliers(centres: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """valid [F] with frames removed whose centre is further than 0.3 face sizes from the running median (over
+    ``window`` frames) of the valid centres: isolated wrong detections (a hand, the chin) are then refilled."""
+    if int(valid.sum()) < 3 or window < 3:
+        return valid
+    med = median_smooth(fill_invalid(centres, valid), window)  # [F,2]
+    size = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])  # [F]
+    size = median_smooth(fill_invalid(size[:, None], valid), window)[:, 0]
+    return valid & ((centres - med).norm(dim=1) <= (0.3 * size).clamp(min=0.02))
+
+
 def finish_track(centres: torch.Tensor, boxes: torch.Tensor, confidence: torch.Tensor, valid: torch.Tensor,
-                 smooth_frames: int) -> MouthTrack:
-    """Fill invalid frames from their valid neighbours, median-smooth, and fall back to the frame centre (with a
-    warning) when no frame is valid."""
+                 smooth_frames: int, outlier_frames: int = 0) -> MouthTrack:
+    """Drop outliers (see :func:`reject_outliers`, off when ``outlier_frames`` < 3), fill invalid frames from their
+    valid neighbours, median-smooth over ``smooth_frames``, and fall back to the frame centre (with a warning)
+    when no frame is valid."""
     valid = valid.bool() & torch.isfinite(centres).all(1) & torch.isfinite(boxes).all(1)
     if not bool(valid.any()):
         log.warning("no face or mouth found in any of %d frames: using the frame centre and uniform guidance",
@@ -507,6 +563,7 @@ def finish_track(centres: torch.Tensor, boxes: torch.Tensor, confidence: torch.T
         n = centres.shape[0]
         return MouthTrack(torch.full((n, 2), 0.5), torch.zeros(n, dtype=torch.bool),
                           torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n))
+    valid = reject_outliers(centres, boxes, valid, outlier_frames)
     both = fill_invalid(torch.cat([centres, boxes], 1), valid)  # [F,6]
     both = median_smooth(both, smooth_frames)
     conf = torch.where(valid, confidence.float(), torch.zeros_like(confidence, dtype=torch.float32))
@@ -516,7 +573,7 @@ def finish_track(centres: torch.Tensor, boxes: torch.Tensor, confidence: torch.T
 def mask_to_mouths(mask: torch.Tensor, smooth_frames: int = 1) -> MouthTrack:
     """Mouth track from a user MASK [F,H,W] (or [H,W]) in 0..1: the weighted centroid of each frame's mask and
     the box of its nonzero pixels. Empty frames are filled from their neighbours like frames without a face."""
-    m = mask.float()
+    m = mask.float().cpu()
     if m.dim() == 2:
         m = m[None]  # [H,W] -> [1,H,W]
     if m.dim() != 3:
@@ -529,24 +586,20 @@ def mask_to_mouths(mask: torch.Tensor, smooth_frames: int = 1) -> MouthTrack:
     cx = (m.sum(1) * xs).sum(1) / total.clamp(min=1e-8)  # [F,W] -> [F]
     cy = (m.sum(2) * ys).sum(1) / total.clamp(min=1e-8)  # [F,H] -> [F]
     valid = total > 1e-6
-    on_x, on_y = m.amax(1) > 0, m.amax(2) > 0  # [F,W], [F,H]
-    ar_x, ar_y = torch.arange(wid, dtype=torch.float32), torch.arange(hgt, dtype=torch.float32)
-    x0 = torch.where(on_x, ar_x, _INF).min(1).values / wid
-    x1 = (torch.where(on_x, ar_x, -_INF).max(1).values + 1) / wid
-    y0 = torch.where(on_y, ar_y, _INF).min(1).values / hgt
-    y1 = (torch.where(on_y, ar_y, -_INF).max(1).values + 1) / hgt
-    boxes = torch.stack([x0, y0, x1, y1], 1)
+    (x0, x1), (y0, y1) = _span(m.amax(1) > 0), _span(m.amax(2) > 0)  # [F,W], [F,H] -> [F]
+    boxes = torch.stack([x0 / wid, y0 / hgt, x1 / wid, y1 / hgt], 1)
     return finish_track(torch.stack([cx, cy], 1), boxes, valid.float(), valid, smooth_frames)
 
 
 def mouth_mask_preview(track: MouthTrack, height: int, width: int, radius: float = 0.08) -> torch.Tensor:
-    """[F,H,W] float: a soft disc (1 inside, smooth edge) of ``radius`` x min(H, W) pixels at each mouth centre;
-    all zeros on frames where the track is not valid."""
+    """[F,H,W] float: a soft disc (1 inside, a ramp of a quarter radius at the edge) of ``radius`` x min(H, W)
+    pixels at each mouth centre; zeros on frames where the track is not valid."""
     r = max(1.0, radius * min(height, width))
-    ys = torch.arange(height, dtype=torch.float32) + 0.5
-    xs = torch.arange(width, dtype=torch.float32) + 0.5
-    c = track.centres.float() * torch.tensor([width, height], dtype=torch.float32)  # [F,2] pixels
-    d = torch.sqrt((ys[None, :, None] - c[:, 1, None, None]) ** 2 + (xs[None, None, :] - c[:, 0, None, None]) ** 2)
-    soft = max(1.0, 0.25 * r)  # edge width, pixels
-    disc = ((r - d) / soft + 0.5).clamp(0, 1)  # [F,H,W]
-    return disc * track.valid.float()[:, None, None]
+    ys = torch.arange(height, dtype=torch.float32)[:, None] + 0.5  # [H,1]
+    xs = torch.arange(width, dtype=torch.float32)[None, :] + 0.5  # [1,W]
+    out = torch.zeros(len(track), height, width)
+    for i in torch.nonzero(track.valid, as_tuple=True)[0].tolist():
+        cx, cy = track.centres[i, 0].item() * width, track.centres[i, 1].item() * height
+        d = torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)  # [H,W] pixels
+        out[i] = ((r - d) / max(1.0, 0.25 * r) + 0.5).clamp(0, 1)
+    return out

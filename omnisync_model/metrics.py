@@ -28,8 +28,13 @@ _LUMA_601 = (0.299, 0.587, 0.114)
 
 
 def _luma(frames: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """[F, H, W, 3] -> [F, H, W] float64."""
-    return (frames.double() * torch.tensor(weights, dtype=torch.float64)).sum(-1)
+    """[F, H, W, 3] -> [F, H, W] float64 on the CPU."""
+    return (_cpu(frames) * torch.tensor(weights, dtype=torch.float64)).sum(-1)
+
+
+def _cpu(x: torch.Tensor) -> torch.Tensor:
+    """Metrics run in float64 on the CPU whatever device the frames come from."""
+    return torch.as_tensor(x).detach().to("cpu", torch.float64)
 
 
 def _box_mask(box: torch.Tensor, n_frames: int, height: int, width: int, margin: float = 0.0) -> torch.Tensor:
@@ -43,9 +48,7 @@ def _box_mask(box: torch.Tensor, n_frames: int, height: int, width: int, margin:
     return inx & iny  # [F, H, W]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Mouth opening, sync and leakage
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Mouth opening, sync and leakage -------------------------------------------------------------------------------
 
 
 def estimate_mouth_opening(
@@ -100,9 +103,7 @@ def leakage_score(output_frames: torch.Tensor, mouth_box, source_opening) -> flo
     return pearson_r(estimate_mouth_opening(output_frames, mouth_box), source_opening)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Preservation outside the mouth, seams
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Preservation outside the mouth, seams -------------------------------------------------------------------------
 
 
 def psnr_outside(a: torch.Tensor, b: torch.Tensor, mouth_box, margin: float = 0.03) -> float:
@@ -118,7 +119,7 @@ def psnr_outside(a: torch.Tensor, b: torch.Tensor, mouth_box, margin: float = 0.
     if not bool(keep.any()):
         logger.warning("psnr_outside: the mouth box covers every pixel")
         return math.nan
-    err = ((a.double() - b.double()) ** 2)[keep]  # [P, 3]
+    err = ((_cpu(a) - _cpu(b)) ** 2)[keep]  # [P, 3]
     mse = float(err.mean())
     return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
@@ -160,26 +161,28 @@ def ssim_outside(a: torch.Tensor, b: torch.Tensor, mouth_box, margin: float = 0.
 def seam_score(frames: torch.Tensor, boundaries: Sequence[int]) -> float:
     """Mean |frame b - frame b-1| at window boundaries b divided by the same mean at all other frames.
 
-    1.0 for a uniformly changing video; > 1 when boundaries jump. Boundaries outside 1..F-1 are ignored.
+    1.0 for a uniformly changing video; > 1 when boundaries jump. Boundaries outside 1..F-1 are ignored; with
+    none left the score is 1.0 (no seam to see), and NaN (with a warning) when every frame pair is a boundary.
     """
-    diffs = (frames[1:].double() - frames[:-1].double()).abs().flatten(1).mean(1)  # [F-1], diffs[b-1] = b vs b-1
     n = frames.shape[0]
     at = sorted({int(b) for b in boundaries if 1 <= int(b) <= n - 1})
-    if len(at) < len(set(boundaries)):
-        logger.debug("seam_score: ignoring boundaries outside 1..%d", n - 1)
+    if not at:
+        logger.debug("seam_score: no boundary inside 1..%d", n - 1)
+        return 1.0
+    frames = _cpu(frames)
+    diffs = (frames[1:] - frames[:-1]).abs().flatten(1).mean(1)  # [F-1], diffs[b-1] = b vs b-1
     is_seam = torch.zeros(n - 1, dtype=torch.bool)
     is_seam[[b - 1 for b in at]] = True
-    if not at or bool(is_seam.all()):
-        raise ValueError("seam_score needs at least one boundary in 1..F-1 and one non-boundary frame pair")
+    if bool(is_seam.all()):
+        logger.warning("seam_score: every frame pair is a boundary; nothing to compare with")
+        return math.nan
     seam, rest = float(diffs[is_seam].mean()), float(diffs[~is_seam].mean())
     if rest == 0.0:
         return 1.0 if seam == 0.0 else math.inf
     return seam / rest
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# SyncNet LSE-C / LSE-D (syncnet_python's definitions)
-# ----------------------------------------------------------------------------------------------------------------
+# ---- SyncNet LSE-C / LSE-D (syncnet_python's definitions) ----------------------------------------------------------
 
 
 def lse_scores(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = 15) -> tuple[float, float, int]:

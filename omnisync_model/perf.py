@@ -78,7 +78,7 @@ class Sizes:
     forward_latent: int = 16  # CPU forward shape for the pixel presets: [2, 48, n, n, n] (16 frames of 64x64)
 
 
-QUICK = Sizes(repeats=2, overhead_frames=48, overhead_size=64, scaling_frames=100, scaling_size=32, eval_frames=44,
+QUICK = Sizes(repeats=3, overhead_frames=48, overhead_size=64, scaling_frames=100, scaling_size=32, eval_frames=44,
               eval_size=32, overlap_frames=128, overlap_size=32, forward_repeats=5)
 FULL = Sizes(repeats=3, overhead_frames=96, overhead_size=64, scaling_frames=114, scaling_size=64, eval_frames=100,
              eval_size=64, overlap_frames=128, overlap_size=64, forward_repeats=7)
@@ -238,7 +238,7 @@ def measure_pipeline_overhead(preset: str, settings: PerfSettings) -> dict:
     run_lipsync(model, 16, sz.overhead_size)  # warm-up: allocator, thread pool, first-call costs
     totals, forwards, calls = [], [], 0
     with ForwardTimer(model) as timer:
-        for _ in range(max(sz.repeats, 2)):
+        for _ in range(sz.repeats):
             timer.reset()
             totals.append(timed(lambda: run_lipsync(model, sz.overhead_frames, sz.overhead_size), settings.device))
             forwards.append(timer.seconds)
@@ -319,12 +319,13 @@ def measure_length_scaling(settings: PerfSettings) -> tuple[dict, dict]:
                   windows_4x=wins["4x"], streamed=True)
     time_fig = figure(time_ratio, TARGETS["length_time"], "x", time_ratio <= TARGETS["length_time"], "lower",
                       seconds_1x=t["1x"], seconds_4x=t["4x"], window_ratio=wins["4x"] / wins["1x"],
+                      time_per_window_ratio=(t["4x"] / wins["4x"]) / (t["1x"] / wins["1x"]),
                       runs_s={k: [r["seconds"] for r in v] for k, v in runs.items()}, **common)
     mem_fig = figure(mem_ratio, TARGETS["length_memory"], "x", mem_ratio <= TARGETS["length_memory"], "lower",
                      peak_rss_mib_1x=rss["1x"] / 1024, peak_rss_mib_4x=rss["4x"] / 1024,
                      rss_before_run_mib_1x=before["1x"] / 1024, rss_before_run_mib_4x=before["4x"] / 1024,
-                     growth_during_run_mib_1x=(rss["1x"] - before["1x"]) / 1024,
-                     growth_during_run_mib_4x=(rss["4x"] - before["4x"]) / 1024,
+                     peak_above_rss_before_run_mib_1x=(rss["1x"] - before["1x"]) / 1024,  # a window's working set
+                     peak_above_rss_before_run_mib_4x=(rss["4x"] - before["4x"]) / 1024,
                      cuda_peak_mib={k: [r.get("cuda_peak_bytes", 0) / 2**20 for r in v] for k, v in runs.items()},
                      **common)
     return time_fig, mem_fig
@@ -405,9 +406,10 @@ def measure_overlap(settings: PerfSettings) -> dict:
     opts, flat = LipSyncOptions(), LipSyncOptions(overlap=0)
     model = build_model("tiny", settings.device, settings.dtype)
     run_lipsync(model, 16, sz.overlap_size)
-    times = interleaved({"overlap": lambda: timed(lambda: run_lipsync(model, n, sz.overlap_size, opts), settings.device),
-                         "no_overlap": lambda: timed(lambda: run_lipsync(model, n, sz.overlap_size, flat),
-                                                     settings.device)}, sz.repeats)
+    def run(o: LipSyncOptions) -> float:
+        return timed(lambda: run_lipsync(model, n, sz.overlap_size, o), settings.device)
+
+    times = interleaved({"overlap": lambda: run(opts), "no_overlap": lambda: run(flat)}, sz.repeats)
     frames_done = sum(w.length for w in windows_for(n, opts))
     value = frames_done / n - 1.0
     time_overhead = median(times["overlap"]) / median(times["no_overlap"]) - 1.0
@@ -416,7 +418,8 @@ def measure_overlap(settings: PerfSettings) -> dict:
     return figure(value, TARGETS["overlap"], "fraction", ok, "lower",
                   time_overhead_vs_overlap_0=time_overhead, seconds=dict(times), frames=n, size=sz.overlap_size,
                   frames_processed=frames_done, window=opts.window, overlap=opts.overlap,
-                  long_video_limit=asymptotic, mean_over_lengths_64_to_1024=mean_overlap_overhead(opts, range(64, 1025)))
+                  long_video_limit=asymptotic,
+                  mean_over_lengths_64_to_1024=mean_overlap_overhead(opts, range(64, 1025)))
 
 
 # ------------------------------------------------------------------------------------------- DiT throughput
@@ -486,12 +489,13 @@ def measure_throughput(preset: str, settings: PerfSettings) -> dict:
     shape = forward_shape(preset, device, settings.sizes.forward_latent)
     inputs = forward_inputs(model, shape)
     flops = count_flops(model, inputs)
+    repeats = settings.sizes.forward_repeats if preset in PIXEL_PRESETS or device == "cuda" else 3  # base: ~5 s each
     note = "flash SDPA" if device == "cuda" else "default SDPA backend"
     try:
-        times = time_forward(model, inputs, device, settings.sizes.forward_repeats, lambda: sdpa_context(device))
+        times = time_forward(model, inputs, device, repeats, lambda: sdpa_context(device))
     except RuntimeError as exc:  # e.g. a head width flash attention does not take
         note = f"flash SDPA unavailable ({str(exc).splitlines()[0][:120]}); default backend"
-        times = time_forward(model, inputs, device, settings.sizes.forward_repeats)
+        times = time_forward(model, inputs, device, repeats)
     sec = median(times)
     p = model.config.patch_size
     tokens = shape[0] * shape[2] * (shape[3] // p) * (shape[4] // p)
@@ -552,6 +556,7 @@ def measure_compile(settings: PerfSettings) -> dict:
         synchronize(device)
         compile_s = time.perf_counter() - t0
         diff = float((compiled(*inputs).float() - model.dit(*inputs).float()).abs().max())
+
     def forward(m):
         with torch.no_grad():
             m(*inputs)
@@ -633,10 +638,20 @@ def run_perf(settings: PerfSettings) -> dict:
     return result
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_info(settings: PerfSettings, seconds: float) -> dict:
     return {"quick": settings.quick, "device": settings.device, "presets": list(settings.presets),
             "compile": settings.compile, "seconds": seconds, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "cpu": cpu_name(),
             "cuda_device": torch.cuda.get_device_name() if settings.device == "cuda" else None,
             "options": {"tau": LipSyncOptions().tau, "steps": LipSyncOptions().steps,
                         "window": LipSyncOptions().window, "overlap": LipSyncOptions().overlap,
@@ -691,6 +706,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         raise CliError(str(exc.args[0])) from None
     settings = PerfSettings(quick=args.quick, device=args.device, presets=presets, compile=args.compile)
+    if not args.verbose:  # one "lip sync: ..." line per run would bury the progress lines
+        logging.getLogger(lipsync.__module__).setLevel(logging.WARNING)
     result = run_perf(settings)
     print(format_table(result))
     print(f"({result['run']['seconds']:.0f}s, {result['run']['threads']} threads, device {args.device})")

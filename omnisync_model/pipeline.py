@@ -21,7 +21,7 @@ from .codec import Codec, crop_back, pad_frames_to_codec
 from .flow import euler_sample, progressive_init, seeded_noise, sigma_schedule
 from .guidance import DSCFG, GuidedVelocity, spatial_map
 from .model import OmniSyncModel
-from .windows import Stitcher, Window, plan_windows
+from .windows import Stitcher, Window, padded_length, plan_windows, round_window
 
 log = logging.getLogger(__name__)
 
@@ -165,26 +165,31 @@ class WindowAudio:
         return self.model.audio_tokens(piece[None], offset, centres)  # [1,T,K,A]
 
 
-def mouth_map(centres: Optional[torch.Tensor], valid: Optional[torch.Tensor], win: Window, codec: Codec,
-              latent_hw: tuple[int, int], cfg: DSCFG) -> torch.Tensor:
-    """DS-CFG spatial map [T,h,w] for a window; per-frame centres [F,2] are averaged over each latent frame."""
-    firsts = latent_first_frames(win.start, win.length, codec.temporal_factor)
+def mouth_map(centres: Optional[torch.Tensor], valid: Optional[torch.Tensor], win: Window, n_padded: int,
+              temporal_factor: int, latent_hw: tuple[int, int], cfg: DSCFG) -> torch.Tensor:
+    """DS-CFG spatial map [T,h,w] for a window padded to ``n_padded`` frames; per-frame centres [F,2] are averaged
+    over the frames each latent frame covers (padding frames repeat the window's last frame)."""
+    firsts = latent_first_frames(win.start, n_padded, temporal_factor)
     t = len(firsts)
     if centres is None:
         c = torch.full((t, 2), 0.5)
         v = torch.zeros(t, dtype=torch.bool)  # no mouth information: uniform guidance
     else:
-        ends = firsts[1:] + [win.end]
-        c = torch.stack([centres[a:b].float().mean(0) for a, b in zip(firsts, ends)])  # [T,2]
+        # latent 0 covers its first frame only, latent j >= 1 covers temporal_factor frames (causal video VAE)
+        ends = [f + (1 if j == 0 else temporal_factor) for j, f in enumerate(firsts)]
+        spans = [(min(a, win.end - 1), min(b, win.end)) for a, b in zip(firsts, ends)]
+        c = torch.stack([centres[a:b].float().mean(0) for a, b in spans])  # [T,2]
         vv = valid if valid is not None else torch.ones(len(centres), dtype=torch.bool)
-        v = torch.stack([vv[a:b].all() for a, b in zip(firsts, ends)])  # [T]
+        v = torch.stack([vv[a:b].all() for a, b in spans])  # [T]
     return spatial_map(c, v, latent_hw[0], latent_hw[1], cfg)
 
 
 def _sample_window(model, codec, chunk, tokens, gmap, noise_firsts, opts, stats, on_step) -> torch.Tensor:
     """Encode -> progressive init -> guided Euler -> decode, for one window of frames [n,H,W,3]."""
     padded, orig = pad_frames_to_codec(chunk, codec.spatial_factor * model.config.patch_size, codec.temporal_factor)
-    source = codec.encode(padded.to(model.device)).to(model.device, torch.float32)  # [1,C,T,h,w]
+    # contiguous: the pixel codec returns a channel-last view, which makes every per-step op (Euler update,
+    # CFG batching) take a strided path 2-4x slower than on packed memory; one copy per window avoids that
+    source = codec.encode(padded.to(model.device)).to(model.device, torch.float32).contiguous()  # [1,C,T,h,w]
     noise = window_noise(source.shape, opts.seed, noise_firsts, source.device, source.dtype)
     x = progressive_init(source, noise, opts.tau)
     sigmas = sigma_schedule(opts.steps, start=opts.tau, shift=opts.shift)
@@ -206,7 +211,7 @@ def iter_lipsync(frames: FrameSource, fps: float, audio: AudioInput, model: Omni
     n = validate_frames(frames)
     fps = validate_fps(fps)
     stats = stats if stats is not None else _RunStats()
-    windows = plan_windows(n, options.window, options.overlap, multiple=codec.temporal_factor)
+    windows = plan_for_codec(n, options, codec.temporal_factor)
     total = len(windows) * options.steps
     wa = WindowAudio(model, audio, fps, options.audio_margin_s)
     stitcher = Stitcher(n, windows)
@@ -222,13 +227,22 @@ def iter_lipsync(frames: FrameSource, fps: float, audio: AudioInput, model: Omni
 
     for win in windows:
         chunk = to_float_frames(frames[win.start:win.end])
-        tokens = wa.tokens(win.start, chunk.shape[0], codec.temporal_factor)
+        n_pad = padded_length(chunk.shape[0], codec.temporal_factor)  # frames the codec will see
+        tokens = wa.tokens(win.start, n_pad, codec.temporal_factor)
         lat_hw = _latent_hw(chunk.shape[1:3], codec, model.config.patch_size)
-        gmap = mouth_map(mouth_centres, mouth_valid, win, codec, lat_hw, options.guidance)
-        firsts = latent_first_frames(win.start, chunk.shape[0], codec.temporal_factor)
+        gmap = mouth_map(mouth_centres, mouth_valid, win, n_pad, codec.temporal_factor, lat_hw, options.guidance)
+        firsts = latent_first_frames(win.start, n_pad, codec.temporal_factor)
         out = _sample_window(model, codec, chunk, tokens, gmap, firsts, options, stats, on_step)
         yield from stitcher.add(win.index, out[: win.length])
     stitcher.finish()
+
+
+def plan_for_codec(n: int, options: LipSyncOptions, temporal_factor: int) -> list[Window]:
+    """Windows for ``n`` frames; a clip no longer than one window is one window of any length (the codec
+    padding in :func:`_sample_window` gives it the 1 + k * temporal_factor frames a video VAE needs)."""
+    if n <= round_window(options.window, temporal_factor):
+        return [Window(0, 0, n)]
+    return plan_windows(n, options.window, options.overlap, multiple=temporal_factor)
 
 
 def _latent_hw(hw: Sequence[int], codec: Codec, patch: int) -> tuple[int, int]:

@@ -2,9 +2,12 @@
 
 Pixels outside the box are never touched by :func:`paste_back` (bit-exact). Inside, a feathered edge blends the
 result into the original, after matching the result's colour statistics near the edge to the original's.
+Boxes are integer pixel (x, y, w, h), either one :class:`Box` for all frames or one per frame, a [F,4] integer
+tensor; the single-box functions are the per-frame ones with the box repeated. :func:`crop_boxes_from_track`
+turns a located face track into per-frame boxes of constant size (constant crop resolution) that follow the
+face smoothly.
 
 Shape legend: F frames, H, W frame size, h, w box size, S working size (height, width).
-Boxes are integer pixel (x, y, w, h), either one for all frames or one per frame [F,4].
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .locate import MouthTrack
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,19 @@ def resize(frames: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def crop(frames: torch.Tensor, box: Box, hw: tuple[int, int]) -> torch.Tensor:
     """Crop ``box`` from float or uint8 frames [F,H,W,3] and resize it to ``hw``: float32 [F,h,w,3]."""
-    region = frames[:, box.y:box.y + box.h, box.x:box.x + box.w]
-    region = region.float() / 255.0 if frames.dtype == torch.uint8 else region.float()
-    return resize(region, hw)
+    return crop_per_frame(frames, _repeat(box, frames.shape[0]), hw)
+
+
+def crop_per_frame(frames: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Crop frame i's box ``boxes[i]`` (x, y, w, h pixels) from float or uint8 frames [F,H,W,3] and resize each
+    crop to ``hw``: float32 [F,h,w,3]."""
+    boxes = check_boxes(boxes, frames.shape[0], frames.shape[1], frames.shape[2])
+    out = torch.empty((frames.shape[0], hw[0], hw[1], 3), dtype=torch.float32, device=frames.device)
+    for idx, (bw, bh) in _size_groups(boxes):
+        region = torch.stack([frames[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, boxes[idx, :2].tolist())])
+        region = region.float() / 255.0 if frames.dtype == torch.uint8 else region.float()  # [n,bh,bw,3]
+        out[idx] = resize(region, hw)
+    return out
 
 
 def feather_mask(h: int, w: int, feather: int) -> torch.Tensor:
@@ -82,15 +97,108 @@ def paste_back(full: torch.Tensor, result: torch.Tensor, box: Box, feather: int 
 
     ``full`` may be uint8 or float; the output has its dtype. Only pixels inside the box can change.
     """
+    return paste_back_per_frame(full, result, _repeat(box, full.shape[0]), feather)
+
+
+def paste_back_per_frame(full: torch.Tensor, result: torch.Tensor, boxes: torch.Tensor,
+                         feather: int = 16) -> torch.Tensor:
+    """Paste frame i of ``result`` [F,h',w',3] (any size) into frame i of ``full`` [F,H,W,3] at ``boxes[i]``
+    (x, y, w, h pixels); returns a new tensor of ``full``'s dtype (uint8 or float). Each result is resized to its
+    box, shifted to the original's colour over the feather band, and blended in with a raised-cosine edge; pixels
+    outside each frame's box are copied bit-exactly."""
+    boxes = check_boxes(boxes, full.shape[0], full.shape[1], full.shape[2])
+    if result.shape[0] != full.shape[0]:
+        raise ValueError(f"result has {result.shape[0]} frames, full has {full.shape[0]}")
     out = full.clone()
-    region = full[:, box.y:box.y + box.h, box.x:box.x + box.w]
     is_u8 = full.dtype == torch.uint8
-    orig = region.float() / 255.0 if is_u8 else region.float()
-    res = resize(result, (box.h, box.w))
-    mask = feather_mask(box.h, box.w, feather)
-    res = match_colour(res, orig, mask)
-    blended = mask * res + (1 - mask) * orig
-    if is_u8:
-        blended = (blended * 255.0).round().clamp(0, 255).to(torch.uint8)
-    out[:, box.y:box.y + box.h, box.x:box.x + box.w] = blended.to(full.dtype)
+    for idx, (bw, bh) in _size_groups(boxes):
+        corners = boxes[idx, :2].tolist()
+        region = torch.stack([full[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, corners)])  # [n,bh,bw,3]
+        orig = region.float() / 255.0 if is_u8 else region.float()
+        mask = feather_mask(bh, bw, feather).to(orig.device)
+        res = match_colour(resize(result[idx].to(orig.device), (bh, bw)), orig, mask)
+        blended = mask * res + (1 - mask) * orig
+        if is_u8:
+            blended = (blended * 255.0).round().clamp(0, 255).to(torch.uint8)
+        for j, (i, (x, y)) in enumerate(zip(idx, corners)):
+            out[i, y:y + bh, x:x + bw] = blended[j].to(full.dtype)
     return out
+
+
+def check_boxes(boxes: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+    """Validate per-frame boxes [n,4] (x, y, w, h) against n frames of height x width -> int64 [n,4]."""
+    b = torch.as_tensor(boxes)
+    if b.dim() != 2 or b.shape != (n, 4):
+        raise ValueError(f"boxes must be [{n}, 4] (x, y, width, height per frame), got {list(b.shape)}")
+    if b.is_floating_point() and not torch.equal(b, b.round()):
+        raise ValueError("boxes must hold whole pixels")
+    b = b.long()
+    x, y, w, h = b.unbind(1)
+    if bool(((w < 1) | (h < 1) | (x < 0) | (y < 0) | (x + w > width) | (y + h > height)).any()):
+        raise ValueError(f"every box must be at least 1x1 and fit inside the {width}x{height} frame")
+    return b
+
+
+def _repeat(box: Box, n: int) -> torch.Tensor:
+    return torch.tensor([[box.x, box.y, box.w, box.h]], dtype=torch.long).repeat(n, 1)  # [n,4]
+
+
+def _size_groups(boxes: torch.Tensor) -> list[tuple[list[int], tuple[int, int]]]:
+    """Frames grouped by box size: [(frame indices, (w, h))] (usually one group: constant-size boxes)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (w, h) in enumerate(boxes[:, 2:].tolist()):
+        groups.setdefault((w, h), []).append(i)
+    return [(idx, size) for size, idx in groups.items()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-frame boxes from a located face track
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def moving_average(values: torch.Tensor, frames: int) -> torch.Tensor:
+    """Centred moving average over ``frames`` (odd; even numbers round up) of [F,D] values, edges replicated."""
+    half = max(0, int(frames) // 2)
+    if half == 0 or values.shape[0] < 2:
+        return values.clone()
+    padded = torch.cat([values[:1].expand(half, -1), values, values[-1:].expand(half, -1)])  # [F+2h,D]
+    return padded.unfold(0, 2 * half + 1, 1).mean(-1)  # [F,D,2h+1] -> [F,D]
+
+
+def crop_boxes_from_track(track: MouthTrack, frame_hw: tuple[int, int], scale: float = 1.6, square: bool = True,
+                          smooth_frames: int = 9) -> torch.Tensor:
+    """Per-frame crop boxes int64 [F,4] (x, y, w, h pixels) around the track's face boxes.
+
+    Every box has the same size (the largest face box over the clip times ``scale``; square in pixels when
+    ``square``), so the crops share one resolution. Box centres follow the face centres, smoothed by a centred
+    moving average over ``smooth_frames`` frames, and are shifted as needed to stay inside the frame; a box
+    larger than the frame is shrunk to fit. A track without any valid frame holds the whole-frame face box,
+    which gives the whole frame.
+    """
+    height, width = int(frame_hw[0]), int(frame_hw[1])
+    if height < 1 or width < 1 or not scale > 0:
+        raise ValueError(f"need a frame size >= 1x1 and scale > 0, got {frame_hw}, {scale}")
+    fb = track.face_boxes.float() * torch.tensor([width, height, width, height], dtype=torch.float32)  # pixels
+    fw, fh = (fb[:, 2] - fb[:, 0]).clamp(min=1.0), (fb[:, 3] - fb[:, 1]).clamp(min=1.0)
+    bw, bh = float(fw.max()) * scale, float(fh.max()) * scale
+    if square:
+        bw = bh = min(max(bw, bh), float(min(width, height)))
+    w, h = max(1, min(width, int(round(bw)))), max(1, min(height, int(round(bh))))
+    centres = moving_average(torch.stack([(fb[:, 0] + fb[:, 2]) / 2, (fb[:, 1] + fb[:, 3]) / 2], 1), smooth_frames)
+    x = torch.round(centres[:, 0] - w / 2).clamp(0, width - w).long()
+    y = torch.round(centres[:, 1] - h / 2).clamp(0, height - h).long()
+    return torch.stack([x, y, torch.full_like(x, w), torch.full_like(y, h)], 1)
+
+
+def map_track_to_crop(track: MouthTrack, boxes: torch.Tensor, frame_hw: tuple[int, int]) -> MouthTrack:
+    """Express a full-frame track in the coordinates of per-frame crops ``boxes`` [F,4] (x, y, w, h pixels):
+    centres and face boxes normalised to each crop. A mouth that falls outside its crop is marked invalid."""
+    height, width = int(frame_hw[0]), int(frame_hw[1])
+    b = check_boxes(boxes, len(track), height, width).float()
+    origin, size = b[:, :2], b[:, 2:]  # [F,2] pixels
+    px = torch.tensor([width, height], dtype=torch.float32)
+    centres = (track.centres.float() * px - origin) / size
+    lo = ((track.face_boxes[:, :2].float() * px - origin) / size).clamp(0, 1)
+    hi = ((track.face_boxes[:, 2:].float() * px - origin) / size).clamp(0, 1)
+    inside = ((centres >= 0) & (centres <= 1)).all(1)
+    return MouthTrack(centres, track.valid & inside, torch.cat([lo, hi], 1), track.confidence.clone())

@@ -48,9 +48,7 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), stream])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Speech-like audio
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Speech-like audio ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def _synth_syllable(syl: _Syllable, sr: int, rng: np.random.Generator) -> tuple[
     x = (np.arange(n) + 0.5) / n
     f0 = syl.f0[0] + (syl.f0[1] - syl.f0[0]) * x  # [n]
     phase = 2.0 * np.pi * np.cumsum(f0) / sr  # [n]
-    k = np.arange(1, int(3800.0 / max(syl.f0)) + 1)[:, None]  # harmonic numbers [K, 1]
+    k = np.arange(1, int(min(3800.0, 0.45 * sr) / max(syl.f0)) + 1)[:, None]  # harmonic numbers [K, 1]
     move = np.clip(x / 0.6, 0.0, 1.0)  # formants glide during the first 60 % of the syllable
     gain = np.zeros((k.shape[0], n))
     for j, (bw, g) in enumerate(((90.0, 1.0), (130.0, 0.6), (190.0, 0.3))):
@@ -142,14 +140,8 @@ def make_speech(seed: int, duration_s: float, sample_rate: int = SAMPLE_RATE) ->
     return torch.from_numpy(wave).float(), torch.from_numpy(env).float()
 
 
-def mouth_opening(
-    waveform: torch.Tensor,
-    sample_rate: int,
-    fps: float,
-    n_frames: int,
-    floor_db: float = FLOOR_DB,
-    range_db: float = RANGE_DB,
-) -> torch.Tensor:
+def mouth_opening(waveform: torch.Tensor, sample_rate: int, fps: float, n_frames: int,
+                  floor_db: float = FLOOR_DB, range_db: float = RANGE_DB) -> torch.Tensor:
     """Ground-truth mouth opening [n_frames] in 0..1 from the loudness envelope.
 
     Frame i uses the RMS of the samples in a window of max(1/fps, 40 ms) centred on (i + 0.5) / fps (samples past
@@ -168,9 +160,7 @@ def mouth_opening(
     return torch.where(ms > 0.0, opening, torch.zeros_like(opening)).float()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Specs and results
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Specs and results ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -209,9 +199,7 @@ class SyntheticClip:
     spec: ClipSpec | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Per-clip random choices: pose track, layout, palette
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Per-clip random choices: pose track, layout, palette ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -275,14 +263,10 @@ def _tuple(c) -> tuple[float, float, float]:
     return tuple(float(x) for x in np.clip(np.asarray(c, dtype=float), 0.0, 1.0))
 
 
-def _lum(c) -> float:
-    return float(sum(w * x for w, x in zip(_LUMA, c)))
-
-
 def _lift(c, min_lum: float) -> tuple[float, float, float]:
     """Mix a colour toward white until its luminance is at least ``min_lum``."""
     c = np.clip(np.asarray(c, dtype=float), 0.0, 1.0)
-    lum = _lum(c)
+    lum = float(np.dot(_LUMA, c))
     if lum < min_lum:
         c = c + (1.0 - c) * (min_lum - lum) / (1.0 - lum)
     return _tuple(c)
@@ -375,9 +359,7 @@ def _blinks(spec: ClipSpec) -> torch.Tensor:
     return out.float().view(-1, 1, 1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Signed-distance helpers (distances in face units unless named *_px)
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Signed-distance helpers (distances in face units unless named *_px) -------------------------------------------
 
 
 def _cov(d_px: torch.Tensor) -> torch.Tensor:
@@ -390,11 +372,16 @@ def _outline(d_px: torch.Tensor, width_px: float) -> torch.Tensor:
 
 
 def _sd_ellipse(u: torch.Tensor, v: torch.Tensor, a, b) -> torch.Tensor:
-    """Approximate signed distance to an ellipse with half-axes a, b (exact on the axes and near the boundary)."""
+    """Approximate signed distance to an ellipse with half-axes a, b (exact on the axes and near the boundary).
+
+    The first-order estimate k0 (k0 - 1) / k1 collapses far outside very flat ellipses (closed eyes, a nearly
+    closed mouth), so it is bounded below by the distance to the bounding box, which never exceeds the true one.
+    """
     k0 = torch.hypot(u / a, v / b)
     k1 = torch.hypot(u / (a * a), v / (b * b))
     inner = -torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-    return torch.where(k1 > 1e-6, k0 * (k0 - 1.0) / k1.clamp_min(1e-6), inner)
+    d = torch.where(k1 > 1e-6, k0 * (k0 - 1.0) / k1.clamp_min(1e-6), inner)
+    return torch.maximum(d, torch.maximum(u.abs() - a, v.abs() - b))
 
 
 def _sd_segment(u: torch.Tensor, v: torch.Tensor, a: tuple, b: tuple) -> torch.Tensor:
@@ -465,9 +452,7 @@ def _box_mask(box_px: torch.Tensor, size: int) -> torch.Tensor:
     return (inx & iny).float()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Drawing: background, faces per style, mouth, occluder
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Drawing: background, faces per style, mouth, occluder ---------------------------------------------------------
 
 
 def _background(spec: ClipSpec, pal: _Palette) -> torch.Tensor:
@@ -594,7 +579,7 @@ def _draw_animal(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
         img = _over(img, band * _cov(_head_sd(g, lay) * g.r), pal.hair)
     snout = _sd_ellipse(g.fu, g.fv - lay.mouth_y + 0.05, 0.38, 0.3)
     img = _over(img, _cov(snout * g.r), _lift(np.array(pal.skin) * 1.25, 0.5))
-    img = _draw_eyes(img, g, lay, pal, blink, 0.0, 0.0)
+    img = _draw_eyes(img, g, lay, pal, blink, 0.6, 0.0)
     img = _over(img, _cov(_sd_ellipse(g.fu, g.fv - lay.mouth_y + 0.3, 0.09, 0.055) * g.r), (0.08, 0.06, 0.06))
     for side in (-1.0, 1.0):
         for k in range(3):
@@ -684,9 +669,7 @@ def _draw_occluder(img, occ: _Occluder, size: int):
     return _over(img, _cov(sd), torch.tensor(occ.colour) * shade)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Scene assembly and public API
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Scene assembly and public API ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -772,6 +755,8 @@ def make_clip(spec: ClipSpec, mouth_open=None) -> SyntheticClip:
     opening = _as_opening(default_mouth_track(spec) if mouth_open is None else mouth_open, spec.n_frames)
     scene = _scene(spec)
     frames = _render_scene(scene, opening)
+    logger.debug("rendered a %s clip: %d frames of %dx%d at %.3f fps", spec.style, spec.n_frames, spec.size,
+                 spec.size, spec.fps)
     size = float(spec.size)
     return SyntheticClip(
         frames=frames,

@@ -190,13 +190,18 @@ class Trainer:
         self.codec = PixelCodec(4)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
         self.step = 0
+        self._batch_rng: Optional[torch.Tensor] = None
         if resume and (out_dir / "train_state.safetensors").exists():
             self._load_state()
         self.clips: list[ClipData] = []
+        self.batches: Optional[Batches] = None
         self.loss_fn: Optional[torch.nn.Module] = None
 
     def set_data(self, clips: list[ClipData]) -> None:
         self.clips = clips
+        self.batches = Batches(self.tc, clips, seed=self.tc.seed * 7919 + self.rank)
+        if self._batch_rng is not None:
+            self.batches.gen.set_state(self._batch_rng)
         loss = FlowLoss(self.model, clips, self.codec)
         self.loss_fn = torch.nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
 
@@ -238,6 +243,8 @@ class Trainer:
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in st:
                     tensors[f"opt.{name}.{key}"] = st[key].contiguous()
+        if self.batches is not None:
+            tensors["rng.batches"] = self.batches.gen.get_state()
         tmp = self.out / "train_state.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"step": str(self.step), "opt_step": str(self._opt_step())})
         os.replace(tmp, self.out / "train_state.safetensors")
@@ -263,6 +270,7 @@ class Trainer:
                 self.opt.state[p] = {"step": opt_step.clone(), "exp_avg": tensors[f"opt.{name}.exp_avg"],
                                      "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]}
         self.step = int(meta["step"])
+        self._batch_rng = tensors.get("rng.batches")
         log.info("resumed from %s at step %d", path, self.step)
 
 
@@ -282,20 +290,20 @@ def build_dataset(tc: TrainConfig) -> list[ClipData]:
     return clips
 
 
-def run_training(tc: TrainConfig, out_dir: Path, resume: bool = False,
-                 clips: Optional[list[ClipData]] = None) -> tuple[Trainer, list[float]]:
-    """Train for ``tc.steps`` optimiser steps (continuing a saved run when ``resume``); returns the losses."""
+def run_training(tc: TrainConfig, out_dir: Path, resume: bool = False, clips: Optional[list[ClipData]] = None,
+                 stop_at: Optional[int] = None) -> tuple[Trainer, list[float]]:
+    """Train up to ``tc.steps`` (or ``stop_at``) steps, continuing a saved run when ``resume``; returns the losses."""
     trainer = Trainer(tc, out_dir, resume=resume)
     trainer.set_data(clips if clips is not None else build_dataset(tc))
-    batches = Batches(tc, trainer.clips, seed=tc.seed * 7919 + trainer.rank + 1000 * trainer.step)
     if trainer.rank == 0:
         log.info("training %s (%s parameters, prediction=%s) for %d steps, batch %d x %d frames x %dpx, world %d",
                  tc.preset, f"{count_parameters(trainer.model):,}", tc.prediction, tc.steps, tc.batch, tc.frames,
                  tc.size, trainer.world)
     losses: list[float] = []
     t0, recent = time.perf_counter(), []
-    while trainer.step < tc.steps:
-        loss = trainer.train_step(batches.sample())
+    last = min(tc.steps, stop_at or tc.steps)
+    while trainer.step < last:
+        loss = trainer.train_step(trainer.batches.sample())
         losses.append(loss)
         recent.append(loss)
         if trainer.rank == 0 and (trainer.step % tc.log_every == 0 or trainer.step == tc.steps):
@@ -303,7 +311,7 @@ def run_training(tc: TrainConfig, out_dir: Path, resume: bool = False,
             log.info("step %d/%d loss %.5f lr %.2e (%.2f steps/s)", trainer.step, tc.steps,
                      sum(recent) / len(recent), trainer.lr_at(trainer.step), rate)
             recent = []
-        if trainer.step % tc.save_every == 0 or trainer.step == tc.steps:
+        if trainer.step % tc.save_every == 0 or trainer.step == last:
             trainer.save()
     return trainer, losses
 

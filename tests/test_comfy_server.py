@@ -134,7 +134,8 @@ def test_loader_lists_only_safetensors_and_refuses_unknown_names(server, object_
 
 def test_loader_reports_corrupt_checkpoints(server, object_info):
     (server.models_dir / "omnisync" / "corrupt.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors")
-    workflow, prompt = _prompt(object_info, "lipsync_basic.json", OmniSyncModelLoader={"ckpt_name": "corrupt.safetensors"})
+    workflow, prompt = _prompt(object_info, "lipsync_basic.json",
+                               OmniSyncModelLoader={"ckpt_name": "corrupt.safetensors"})
     history = server.wait(server.queue(prompt, workflow), timeout=300)
     assert history["status"]["status_str"] == "error"
     message = history_error(history)

@@ -257,13 +257,14 @@ class FakeImageVAE:
 
 
 def test_vae_codec_reads_factors_from_a_video_vae():
-    vae = FakeVideoVAE()
-    codec = A.VAECodec(vae)
+    vae, reloads = FakeVideoVAE(), []
+    codec = A.VAECodec(vae, after_use=lambda: reloads.append(len(vae.calls)))
     assert (codec.spatial_factor, codec.temporal_factor, codec.latent_channels) == (8, 4, 5)
     z = codec.encode(torch.rand(9, 16, 24, 3))
     assert z.shape == (1, 5, 3, 2, 3)
     frames = codec.decode(z)
     assert frames.shape == (9, 16, 24, 3) and frames.max() == 1.0  # [1,T',H,W,3] -> [T',H,W,3], clamped
+    assert reloads == [1, 2]  # the DiT is re-loaded after each VAE call
     assert isinstance(codec, CODEC.Codec)
 
 

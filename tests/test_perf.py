@@ -37,7 +37,7 @@ def test_schedule_count_at_defaults_by_hand():
 @pytest.mark.parametrize("n", [6, 20])
 def test_hook_count_matches_schedule_and_guidance_counters(model, n):
     opts = LipSyncOptions(steps=6, window=8, overlap=2)
-    stats = perf._RunStats()
+    stats = _RunStats()
     with perf.ForwardTimer(model) as timer:
         perf.run_lipsync(model, n, 16, opts, stats=stats)
     windows = plan_windows(n, opts.window, opts.overlap)
@@ -112,7 +112,8 @@ def test_child_run_streams_every_frame():
     spec = {"preset": "tiny", "frames": 20, "size": 16, "device": "cpu", "threads": torch.get_num_threads()}
     result = perf.child_length_run(spec)
     assert result["frames_out"] == 20
-    assert result["max_rss_kb"] >= result["rss_before_kb"] > 0
+    # ru_maxrss and /proc VmRSS come from separately batched kernel counters: equal only to within a few MiB
+    assert result["max_rss_kb"] >= result["rss_before_kb"] - 8192 > 100_000  # KiB; torch alone needs > 100 MiB
 
 
 def test_json_has_every_figure(tmp_path):

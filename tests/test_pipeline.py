@@ -136,3 +136,23 @@ def test_overlapping_windows_share_noise_per_frame():
     a = window_noise((1, 4, 3, 2, 2), 5, [10, 11, 12], "cpu", torch.float32)
     b = window_noise((1, 4, 2, 2, 2), 5, [11, 12], "cpu", torch.float32)
     assert torch.equal(a[:, :, 1:], b)
+
+
+class FourFrameCodec(PixelCodec):
+    """The pixel codec with a video VAE's temporal rule: keeps frames 0, 4, 8, ... (T = 1 + (F-1)//4)."""
+
+    temporal_factor = 4
+
+    def encode(self, frames):
+        return super().encode(frames[::4])
+
+    def decode(self, latent):
+        return super().decode(latent).repeat_interleave(4, dim=0)[: 1 + (latent.shape[2] - 1) * 4]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 13, 14, 30])
+def test_temporal_codec_any_length(tiny_model, n):
+    """A video VAE (temporal factor 4) works for every frame count, short clips included."""
+    out = lipsync(clip(n), 25.0, AudioInput(speech(1.0)), tiny_model, FourFrameCodec(4),
+                  LipSyncOptions(steps=2, window=16, overlap=4))
+    assert out.shape == (n, 16, 16, 3)

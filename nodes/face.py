@@ -1,0 +1,131 @@
+"""OmniSyncFaceCrop / OmniSyncFacePaste: lip-sync small faces in large frames (e.g. 1080x1920).
+
+Crop: a temporally smoothed box around the face and mouth per frame, resized to the model's resolution.
+Paste: the synced crops go back with a feathered edge and colour matching; pixels outside the boxes are
+bit-exact copies of the input frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..omnisync_model.codec import make_codec
+from ..omnisync_model.regions import (Box, crop_boxes_from_track, crop_per_frame, map_track_to_crop,
+                                      paste_back_per_frame, working_size)
+from .adapters import image_to_frames
+from .mouth import locate_track
+from .runtime import output_device
+from .types import CATEGORY, OmniCrop, OmniModel, OmniMouth
+
+DEFAULT_RESOLUTION = 256  # when a checkpoint does not state the resolution it was trained at
+
+
+@dataclass(frozen=True)
+class CropInfo:
+    """OMNISYNC_CROP: where each frame's crop came from. boxes [F,4] integer pixels (x, y, w, h)."""
+
+    boxes: torch.Tensor
+    size: tuple[int, int]  # (height, width) of the crops
+    frame_size: tuple[int, int]  # (height, width) of the full frames
+
+
+def model_resolution(patcher, size: int) -> tuple[int, int]:
+    """(crop side, size multiple) for the model: its training resolution unless ``size`` > 0."""
+    cfg = patcher.model.omnisync.config
+    try:
+        factor = make_codec(cfg.codec).spatial_factor
+    except ValueError:
+        factor = 8  # VAE-based models: every common video VAE compresses 8x or 16x
+    side = int(size) if int(size) > 0 else int(cfg.extra.get("resolution", DEFAULT_RESOLUTION))
+    return side, factor * cfg.patch_size
+
+
+class OmniSyncFaceCrop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OmniSyncFaceCrop",
+            display_name="OmniSync Face Crop",
+            category=CATEGORY,
+            description="Crops a temporally smoothed square of constant size around the face and mouth in "
+                        "every frame, resized to the model's resolution, for videos where the face is small. "
+                        "Feed 'crops' and 'mouth' to OmniSyncLipSync and put the result back with "
+                        "OmniSyncFacePaste.",
+            inputs=[
+                OmniModel.Input("model", tooltip="The OmniSync model: its training resolution sets the crop size."),
+                io.Image.Input("images", tooltip="Full-size video frames."),
+                io.Float.Input("scale", default=1.6, min=1.0, max=4.0, step=0.05,
+                               tooltip="Crop side relative to the detected face box (more = more context "
+                                       "around the face)."),
+                io.Int.Input("smooth_frames", default=9, min=1, max=101, step=2,
+                             tooltip="Temporal smoothing of the crop box position, in frames (a centred moving "
+                                     "average; 1 = none). Larger values keep the crop steadier."),
+                io.Int.Input("size", default=0, min=0, max=4096, step=8,
+                             tooltip="Crop resolution in pixels; 0 = the resolution the model was trained at."),
+                OmniMouth.Input("mouth", optional=True,
+                                tooltip="Optional track from OmniSyncMouthRegion to place the crop (its face boxes "
+                                        "set the crop size; a track from a MASK uses the mask's box). When empty "
+                                        "the built-in locator runs."),
+            ],
+            outputs=[
+                io.Image.Output("crops", display_name="crops"),
+                OmniCrop.Output("crop", display_name="crop", tooltip="Crop boxes, for OmniSyncFacePaste."),
+                OmniMouth.Output("crop_mouth", display_name="mouth",
+                                 tooltip="The mouth track in crop coordinates, for OmniSyncLipSync."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, images, scale: float = 1.6, smooth_frames: int = 9, size: int = 0,
+                mouth=None) -> io.NodeOutput:
+        frames = image_to_frames(images)
+        n, height, width = frames.shape[:3]
+        track = mouth if mouth is not None else locate_track(frames)
+        if len(track) != n:
+            raise ValueError(f"the mouth track has {len(track)} frames but images has {n}; connect the "
+                             f"OmniSyncMouthRegion made from these frames")
+        side, multiple = model_resolution(model, size)
+        boxes = crop_boxes_from_track(track, (height, width), scale=float(scale), smooth_frames=int(smooth_frames))
+        x, y, w, h = boxes[0].tolist()  # every box has the same size
+        hw = working_size(Box(x, y, w, h), side, multiple)
+        crops = crop_per_frame(frames, boxes, hw)
+        info = CropInfo(boxes, hw, (height, width))
+        return io.NodeOutput(crops.to(output_device()), info, map_track_to_crop(track, boxes, (height, width)))
+
+
+class OmniSyncFacePaste(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OmniSyncFacePaste",
+            display_name="OmniSync Face Paste",
+            category=CATEGORY,
+            description="Pastes lip-synced crops back into the full frames with a feathered edge and colour "
+                        "matching. Pixels outside the crop boxes are unchanged.",
+            inputs=[
+                io.Image.Input("images", tooltip="The full-size frames that were cropped."),
+                io.Image.Input("synced", tooltip="The lip-synced crops (OmniSyncLipSync on OmniSyncFaceCrop's "
+                                                 "crops)."),
+                OmniCrop.Input("crop", tooltip="OmniSyncFaceCrop's crop output."),
+                io.Int.Input("feather", default=16, min=0, max=256,
+                             tooltip="Width in pixels of the soft edge blending the crop into the frame."),
+            ],
+            outputs=[io.Image.Output("pasted", display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, images, synced, crop: CropInfo, feather: int = 16) -> io.NodeOutput:
+        frames = image_to_frames(images)
+        result = image_to_frames(synced, "synced")
+        if tuple(frames.shape[1:3]) != tuple(crop.frame_size):
+            raise ValueError(f"images are {frames.shape[2]}x{frames.shape[1]} but the crop was made on "
+                             f"{crop.frame_size[1]}x{crop.frame_size[0]} frames; connect the same frames")
+        if result.shape[0] != frames.shape[0] or crop.boxes.shape[0] != frames.shape[0]:
+            raise ValueError(f"frame counts differ: images {frames.shape[0]}, synced {result.shape[0]}, "
+                             f"crop boxes {crop.boxes.shape[0]}")
+        out = paste_back_per_frame(frames, result, crop.boxes, feather=int(feather))
+        return io.NodeOutput(out.to(output_device()))
+
