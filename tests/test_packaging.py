@@ -58,4 +58,4 @@ def test_comfy_node_validate_passes():
     proc = subprocess.run(["comfy", "--skip-prompt", "node", "validate"], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "passed" in proc.stdout.lower()
+    assert "passed" in (proc.stdout + proc.stderr).lower()
