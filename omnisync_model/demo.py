@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from .codec import make_codec
-from .metrics import estimate_mouth_opening, pearson_r, psnr_outside
+from .bench import Case, measure, synth_case
 from .pipeline import AudioInput, LipSyncOptions, lipsync
-from .synthetic import make_speech, make_talking_clip, mouth_opening
 from .video_io import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -54,15 +53,11 @@ def run_demo(model, out_dir: Path, style: str = "anime", seconds: float = 4.0, s
              options: LipSyncOptions = LipSyncOptions()) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     size = int(model.config.extra.get("resolution", 64))
-    clip, _, _ = make_talking_clip(seed, style, seconds, 25.0, size)
-    drive, _ = make_speech(seed + 55_555, seconds)
+    clip, drive, gt = synth_case(Case(style, seed, seconds, 25.0, size))
     frames = clip.frames
     out = lipsync(frames, 25.0, AudioInput(drive, 16000), model, make_codec(model.config.codec), options,
                   mouth_centres=clip.mouth_centre)
-    gt = mouth_opening(drive, 16000, 25.0, frames.shape[0])
-    measured = estimate_mouth_opening(out, clip.mouth_box)
-    figures = {"sync_r": pearson_r(measured, gt), "leakage_r": pearson_r(measured, clip.mouth_open),
-               "psnr_outside_db": psnr_outside(out, frames, clip.mouth_box)}
+    figures = measure(out, clip, gt, options)
     side = torch.cat([frames, out], dim=2)  # [F,H,2W,3]
     big = side.repeat_interleave(4, 1).repeat_interleave(4, 2)  # 4x nearest upscale so it is watchable
     with VideoWriter(out_dir / "demo.mp4", 25, big.shape[2], big.shape[1], audio=(drive[None], 16000)) as writer:
