@@ -44,7 +44,7 @@ class DSCFG:
         forgone; the result is the same up to rounding). For benchmarking the skip, not for normal use.
     """
 
-    w_peak: float = 3.0
+    w_peak: float = 2.5
     w_base: float = 1.0
     radius: float = 0.15
     gamma: float = 1.5

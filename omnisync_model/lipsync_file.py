@@ -7,7 +7,6 @@ full-resolution frames that finished crops are pasted into. Memory is bounded by
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -61,7 +60,8 @@ def lipsync_file(video: Path, audio: Path, out: Path, model: OmniSyncModel, opti
             written += result.shape[0]
     if written != n:
         raise RuntimeError(f"wrote {written} frames, expected {n}")
-    return f"wrote {out}: {n} frames at {float(fps):.3f} fps, audio {audio_out.shape[-1] / sr:.2f} s ({math.ceil(n / float(fps))} s video)"
+    return (f"wrote {out}: {n} frames at {float(fps):.3f} fps ({n / float(fps):.2f} s), "
+            f"audio fitted to {audio_out.shape[-1] / sr:.2f} s")
 
 
 def _chunks_as_frames(chunks):

@@ -20,18 +20,20 @@ TINY_SIZES = perf.Sizes(repeats=1, overhead_frames=6, overhead_size=16, scaling_
 def model():
     return perf.build_model("tiny")
 
+W_PEAK = DSCFG().w_peak  # the default peak weight the pipeline uses
+
 
 def test_schedule_count_at_defaults_by_hand():
     opts = LipSyncOptions()
-    # sigma_i = tau (1 - i / 20); DS-CFG weight w_peak (sigma / tau)^gamma = 3 (1 - i/20)^1.5 needs uncond while > 1
-    by_hand = sum(3.0 * (1 - i / 20) ** 1.5 > 1.0 for i in range(20))
-    assert by_hand == 11 == perf.steps_needing_uncond(opts)
+    # sigma_i = tau (1 - i / 20); DS-CFG weight w_peak (sigma / tau)^gamma = w_peak (1 - i/20)^1.5 needs uncond while > 1
+    by_hand = sum(W_PEAK * (1 - i / 20) ** 1.5 > 1.0 for i in range(20))
+    assert by_hand == 10 == perf.steps_needing_uncond(opts)  # w_peak 2.5: (1 - i/20)^1.5 > 0.4 for i <= 9
     counts = perf.evaluation_counts(opts)
-    assert counts["ours"] == 31 and counts["always_both"] == 40
+    assert counts["ours"] == 30 and counts["always_both"] == 40
     assert counts["full_schedule_steps"] == 22  # ceil(20 / 0.92): the same step size from sigma = 1
     assert counts["full_schedule_always_both"] == 44
-    # from sigma = 1 the weight 3 (1 - i/22)^1.5 exceeds 1 for i <= 11
-    assert counts["full_schedule_with_skip"] == 22 + sum(3.0 * (1 - i / 22) ** 1.5 > 1.0 for i in range(22))
+    # from sigma = 1 the weight w_peak (1 - i/22)^1.5 exceeds 1 for the first steps
+    assert counts["full_schedule_with_skip"] == 22 + sum(W_PEAK * (1 - i / 22) ** 1.5 > 1.0 for i in range(22))
 
 
 @pytest.mark.parametrize("n", [6, 20])
@@ -41,7 +43,7 @@ def test_hook_count_matches_schedule_and_guidance_counters(model, n):
     with perf.ForwardTimer(model) as timer:
         perf.run_lipsync(model, n, 16, opts, stats=stats)
     windows = plan_windows(n, opts.window, opts.overlap)
-    guided = sum(3.0 * (1 - i / 6) ** 1.5 > 1.0 for i in range(6))
+    guided = sum(W_PEAK * (1 - i / 6) ** 1.5 > 1.0 for i in range(6))
     assert 0 < guided < 6
     assert timer.frame_evals == perf.expected_frame_evaluations(n, opts)
     assert timer.frame_evals == sum(w.length for w in windows) * (6 + guided)

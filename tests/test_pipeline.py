@@ -92,7 +92,7 @@ def test_progress_and_model_evaluation_counts(tiny_model):
     n_windows = 3  # plan for 10 frames, window 6, overlap 2: [0,6) [4,10)... the stitcher decides
     assert calls[-1][0] == calls[-1][1] == stats.steps_done
     assert stats.steps_done % OPTS.steps == 0 and stats.steps_done // OPTS.steps in (2, n_windows)
-    # w_peak=3, gamma=1.5, no mouth: uncond needed while 3 * (s/tau)^1.5 > 1, i.e. s > 0.48 tau
+    # w_peak=2.5, gamma=1.5, no mouth: uncond needed while 2.5 * (s/tau)^1.5 > 1, i.e. s > 0.54 tau
     assert stats.steps_done < stats.evaluations < 2 * stats.steps_done
 
 
