@@ -127,7 +127,7 @@ def cmd_lipsync(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
     summary = lipsync_file(args.video, args.audio, args.out, model, options, box=args.box, size=args.size,
-                           progress=ProgressBar("lipsync", not args.quiet))
+                           blend=args.blend, progress=ProgressBar("lipsync", not args.quiet))
     print(summary)
     return 0
 
@@ -175,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", type=existing_file, required=True)
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (the new audio is muxed in)")
     p.add_argument("--checkpoint", type=existing_file, default=None, help="default: the shipped demo model")
-    p.add_argument("--box", default=None, help="face box 'x,y,w,h' in pixels (default: the whole frame)")
+    p.add_argument("--box", default=None,
+                   help="'auto' (follow the located face), 'x,y,w,h' in pixels, or nothing (the whole frame)")
+    p.add_argument("--blend", choices=("mouth", "box"), default="mouth",
+                   help="take only the mouth from the result (default) or the whole box")
     p.add_argument("--size", type=positive_int, default=None,
                    help="working size: the box's longer side is resized to this (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

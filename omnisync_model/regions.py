@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -101,11 +103,12 @@ def paste_back(full: torch.Tensor, result: torch.Tensor, box: Box, feather: int 
 
 
 def paste_back_per_frame(full: torch.Tensor, result: torch.Tensor, boxes: torch.Tensor,
-                         feather: int = 16) -> torch.Tensor:
+                         feather: int = 16, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Paste frame i of ``result`` [F,h',w',3] (any size) into frame i of ``full`` [F,H,W,3] at ``boxes[i]``
     (x, y, w, h pixels); returns a new tensor of ``full``'s dtype (uint8 or float). Each result is resized to its
     box, shifted to the original's colour over the feather band, and blended in with a raised-cosine edge; pixels
-    outside each frame's box are copied bit-exactly."""
+    outside each frame's box are copied bit-exactly. ``weights`` [F,h'',w''] (any size, resized to the box) scale
+    the blend per pixel, e.g. a soft mouth disc so that only the mouth is taken from the result."""
     boxes = check_boxes(boxes, full.shape[0], full.shape[1], full.shape[2])
     if result.shape[0] != full.shape[0]:
         raise ValueError(f"result has {result.shape[0]} frames, full has {full.shape[0]}")
@@ -115,8 +118,10 @@ def paste_back_per_frame(full: torch.Tensor, result: torch.Tensor, boxes: torch.
         corners = boxes[idx, :2].tolist()
         region = torch.stack([full[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, corners)])  # [n,bh,bw,3]
         orig = region.float() / 255.0 if is_u8 else region.float()
-        mask = feather_mask(bh, bw, feather).to(orig.device)
+        mask = feather_mask(bh, bw, feather).to(orig.device)  # [bh,bw,1]
         res = match_colour(resize(result[idx].to(orig.device), (bh, bw)), orig, mask)
+        if weights is not None:  # per-pixel blend weights [n,h'',w''] -> [n,bh,bw,1]
+            mask = mask * resize(weights[idx].unsqueeze(-1).expand(-1, -1, -1, 3), (bh, bw))[..., :1].to(orig.device)
         blended = mask * res + (1 - mask) * orig
         if is_u8:
             blended = (blended * 255.0).round().clamp(0, 255).to(torch.uint8)

@@ -178,3 +178,14 @@ def test_box_parse_check_and_working_size():
     with pytest.raises(ValueError):
         Box(0, 0, 4, 40).check(100, 100)
     assert working_size(Box(0, 0, 300, 200), 256, 16) == (176, 256)
+
+
+def test_paste_weights_zero_keeps_the_box_and_one_matches_plain_paste():
+    g = torch.Generator().manual_seed(3)
+    full = (torch.rand(2, 40, 50, 3, generator=g) * 255).round().to(torch.uint8)
+    result = torch.rand(2, 16, 16, 3, generator=g)
+    boxes = torch.tensor([[5, 6, 24, 24], [10, 8, 24, 24]])
+    kept = paste_back_per_frame(full, result, boxes, weights=torch.zeros(2, 16, 16))
+    assert torch.equal(kept, full)
+    ones = paste_back_per_frame(full, result, boxes, weights=torch.ones(2, 16, 16))
+    assert (ones.int() - paste_back_per_frame(full, result, boxes).int()).abs().max() <= 1  # resampling rounding
