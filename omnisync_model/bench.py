@@ -164,12 +164,12 @@ def register_cli(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import load_model
+    from .cli import emit, load_model
 
     model = load_model(args.checkpoint, torch.device("cpu"))
     result = run_benchmark(model, quick=args.quick, options=LipSyncOptions(steps=args.steps))
-    print(format_table(result))
-    print(f"({result['settings']['cases']} held-out clips, {result['seconds']:.0f}s)")
+    emit(format_table(result))
+    emit(f"({result['settings']['cases']} held-out clips, {result['seconds']:.0f}s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=float))

@@ -23,6 +23,11 @@ class CliError(Exception):
     """An error the user can fix: printed as one line, exit status 2."""
 
 
+def emit(text: str) -> None:
+    """Print a command's result on stdout (the command line is the one place that prints)."""
+    print(text)
+
+
 class ProgressBar:
     """A plain text progress bar on stderr (no dependency), updated at most ~10 times a second."""
 

@@ -77,10 +77,10 @@ def register_cli(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .cli import load_model
+    from .cli import emit, load_model
 
     model = load_model(args.checkpoint, torch.device("cpu"))
     figures = run_demo(model, args.out, args.style, args.seconds, args.seed)
-    print(f"wrote {args.out / 'demo.mp4'} (source | output) and {args.out / 'mouths.png'}; "
+    emit(f"wrote {args.out / 'demo.mp4'} (source | output) and {args.out / 'mouths.png'}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     return 0

@@ -698,7 +698,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .cli import CliError, resolve_device
+    from .cli import CliError, emit, resolve_device
 
     resolve_device(args.device)  # CliError when CUDA is asked for but absent
     try:
@@ -709,8 +709,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     if not args.verbose:  # one "lip sync: ..." line per run would bury the progress lines
         logging.getLogger(lipsync.__module__).setLevel(logging.WARNING)
     result = run_perf(settings)
-    print(format_table(result))
-    print(f"({result['run']['seconds']:.0f}s, {result['run']['threads']} threads, device {args.device})")
+    emit(format_table(result))
+    emit(f"({result['run']['seconds']:.0f}s, {result['run']['threads']} threads, device {args.device})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
@@ -721,7 +721,9 @@ def _child_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m omnisync_model.perf")
     parser.add_argument("--child", required=True, help="JSON spec of one length-scaling run")
     args = parser.parse_args(argv)
-    print(json.dumps(child_length_run(json.loads(args.child))))
+    from .cli import emit
+
+    emit(json.dumps(child_length_run(json.loads(args.child))))
     return 0
 
 

@@ -19,9 +19,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -343,6 +343,8 @@ def register_cli(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .cli import emit
+
     names = ("preset", "prediction", "steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every",
              "save_every", "lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay")
     tc = TrainConfig(bf16=args.bf16, **{n: getattr(args, n) for n in names})
@@ -354,8 +356,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             log.error("parameters differ between ranks: %s", sums)
         head = sum(losses[:20]) / max(1, len(losses[:20]))
         tail = sum(losses[-20:]) / max(1, len(losses[-20:]))
-        print(f"trained to step {trainer.step}: loss {head:.5f} (first 20) -> {tail:.5f} (last 20); "
-              f"checkpoint {args.out / 'checkpoint.safetensors'}")
+        emit(f"trained to step {trainer.step}: loss {head:.5f} (first 20) -> {tail:.5f} (last 20); "
+             f"checkpoint {args.out / 'checkpoint.safetensors'}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

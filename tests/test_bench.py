@@ -1,8 +1,5 @@
 """The synthetic benchmark: JSON structure on a tiny model, and the shipped demo model's sync on held-out clips."""
 
-import pytest
-import torch
-
 from omnisync_model.bench import ABLATIONS, METRIC_KEYS, make_cases, run_benchmark, run_case
 from omnisync_model.config import get_preset
 from omnisync_model.model import OmniSyncModel
