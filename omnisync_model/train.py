@@ -359,5 +359,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         emit(f"trained to step {trainer.step}: loss {head:.5f} (first 20) -> {tail:.5f} (last 20); "
              f"checkpoint {args.out / 'checkpoint.safetensors'}")
     if dist.is_initialized():
+        dist.barrier()  # every rank is done (rank 0 has written its files) before the group is torn down
         dist.destroy_process_group()
     return 0
