@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from ..omnisync_model.codec import Codec, make_codec
-from ..omnisync_model.flow import euler_sample, progressive_init, sigma_schedule
-from ..omnisync_model.guidance import DSCFG, GuidedVelocity
+from ..omnisync_model.flow import progressive_init
+from ..omnisync_model.guidance import DSCFG
 from ..omnisync_model.lipsync_file import fit_audio
 from ..omnisync_model.model import OmniSyncModel
-from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, iter_lipsync,
-                                       latent_first_frames, mouth_map, to_float_frames, validate_fps, window_noise)
+from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, guided_denoise,
+                                       latent_first_frames, lipsync, mouth_map, to_float_frames, validate_fps,
+                                       window_noise)
 from ..omnisync_model.windows import Window
 
 log = logging.getLogger(__name__)
@@ -384,20 +385,8 @@ def check_codec(model: OmniSyncModel, codec: Codec) -> None:
 
 def lipsync_into(out: torch.Tensor, frames: FrameSource, fps: float, audio: AudioInput, model: OmniSyncModel,
                  codec: Codec, options: LipSyncOptions, **kwargs: Any) -> torch.Tensor:
-    """Run ``iter_lipsync`` window by window and write each finished chunk into the preallocated ``out``.
-
-    ``out`` [F,H,W,3] is the only full-resolution copy made; the pipeline reads ``frames`` one window at a time.
-    """
-    n = len(frames)
-    if out.dim() != 4 or out.shape[0] != n or out.shape[-1] != 3:
-        raise ValueError(f"output buffer {list(out.shape)} does not fit {n} RGB frames")
-    written = 0
-    for start, chunk in iter_lipsync(frames, fps, audio, model, codec, options, **kwargs):
-        out[start:start + chunk.shape[0]] = chunk.to(out.device, out.dtype)
-        written += chunk.shape[0]
-    if written != n:
-        raise RuntimeError(f"the pipeline produced {written} frames, expected {n}")
-    return out
+    """Lip-sync into the preallocated ``out`` [F,H,W,3], the only full-resolution copy made (window by window)."""
+    return lipsync(frames, fps, audio, model, codec, options, out=out, **kwargs)
 
 
 def make_options(tau: float, steps: int, seed: int, window: int, overlap: int, w_peak: float, w_base: float,
@@ -457,12 +446,9 @@ def sample_latent(model: OmniSyncModel, audio: EncodedAudio, inputs: SamplerInpu
     tokens = audio.for_latent(model, inputs.temporal_factor).to(device)
     centres, valid = track_arrays(mouth, audio.n_frames)
     win = Window(0, 0, audio.n_frames)
-    n_padded = 1 + (src.shape[2] - 1) * inputs.temporal_factor  # video frames the latent stands for
-    gmap = mouth_map(centres, valid, win, n_padded, inputs.temporal_factor, tuple(src.shape[-2:]), cfg)
-    guided = GuidedVelocity(model, src, tokens, gmap.to(device), inputs.tau, cfg)
-    sigmas = sigma_schedule(int(steps), start=inputs.tau, shift=shift)
-    with torch.no_grad():
-        out = euler_sample(guided, x, sigmas, callback=(lambda i, _x: on_step(i + 1)) if on_step else None)
+    n_video = video_frames_for(src.shape[2], inputs.temporal_factor)  # video frames the latent stands for
+    gmap = mouth_map(centres, valid, win, n_video, inputs.temporal_factor, tuple(src.shape[-2:]), cfg)
+    out, _ = guided_denoise(model, x, src, tokens, gmap, inputs.tau, int(steps), shift, cfg, on_step=on_step)
     out = out[..., :hw[0], :hw[1]]
     return latent_from_5d(out, inputs.image_batch, temporal_factor=inputs.temporal_factor)
 

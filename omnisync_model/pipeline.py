@@ -192,14 +192,28 @@ def _sample_window(model, codec, chunk, tokens, gmap, noise_firsts, opts, stats,
     source = codec.encode(padded.to(model.device)).to(model.device, torch.float32).contiguous()  # [1,C,T,h,w]
     noise = window_noise(source.shape, opts.seed, noise_firsts, source.device, source.dtype)
     x = progressive_init(source, noise, opts.tau)
-    sigmas = sigma_schedule(opts.steps, start=opts.tau, shift=opts.shift)
-    guided = GuidedVelocity(model, source, tokens.to(source.device), gmap.to(source.device), opts.tau, opts.guidance)
+    x, guided = guided_denoise(model, x, source, tokens, gmap, opts.tau, opts.steps, opts.shift, opts.guidance,
+                               on_step=lambda i: on_step())
     with torch.no_grad():
-        x = euler_sample(guided, x, sigmas, callback=lambda i, _x: on_step())
         out = codec.decode(x)
     stats.model_calls += guided.calls
     stats.evaluations += guided.evaluations
     return crop_back(out.float().cpu(), orig)
+
+
+def guided_denoise(model: OmniSyncModel, x: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor,
+                   gmap: torch.Tensor, tau: float, steps: int, shift: float, guidance: DSCFG,
+                   on_step: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, GuidedVelocity]:
+    """DS-CFG guided Euler from sigma = tau to 0: x, source [1,C,T,h,w], tokens [1,T,K,A], gmap [T,h,w].
+
+    Returns the denoised latent and the guidance wrapper (its counters). ``on_step(i)`` gets the finished step count.
+    """
+    guided = GuidedVelocity(model, source, tokens.to(source.device), gmap.to(source.device), tau, guidance)
+    sigmas = sigma_schedule(steps, start=tau, shift=shift)
+    callback = (lambda i, _x: on_step(i + 1)) if on_step is not None else None
+    with torch.no_grad():
+        x = euler_sample(guided, x, sigmas, callback=callback)
+    return x, guided
 
 
 def iter_lipsync(frames: FrameSource, fps: float, audio: AudioInput, model: OmniSyncModel, codec: Codec,
@@ -251,12 +265,20 @@ def _latent_hw(hw: Sequence[int], codec: Codec, patch: int) -> tuple[int, int]:
 
 
 def lipsync(frames: FrameSource, fps: float, audio: AudioInput, model: OmniSyncModel, codec: Codec,
-            options: LipSyncOptions = LipSyncOptions(), **kwargs) -> torch.Tensor:
-    """Lip-sync all frames; returns float32 [F,H,W,3] in 0..1 (one extra copy of the video, no more)."""
+            options: LipSyncOptions = LipSyncOptions(), out: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+    """Lip-sync all frames; returns float32 [F,H,W,3] in 0..1 (one extra copy of the video, no more).
+
+    ``out``: an optional preallocated [F,H,W,3] buffer to write into (its device and dtype are kept).
+    """
     n = validate_frames(frames)
-    out: Optional[torch.Tensor] = None
+    if out is not None and (out.dim() != 4 or out.shape[0] != n or out.shape[-1] != 3):
+        raise ValueError(f"output buffer {list(out.shape)} does not fit {n} RGB frames")
+    written = 0
     for start, chunk in iter_lipsync(frames, fps, audio, model, codec, options, **kwargs):
         if out is None:
             out = torch.empty((n,) + tuple(chunk.shape[1:]), dtype=torch.float32)
-        out[start:start + chunk.shape[0]] = chunk
+        out[start:start + chunk.shape[0]] = chunk.to(out.device, out.dtype)
+        written += chunk.shape[0]
+    if written != n:
+        raise RuntimeError(f"the pipeline produced {written} frames, expected {n}")
     return out
