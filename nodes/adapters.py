@@ -19,20 +19,25 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..omnisync_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ..omnisync_model.codec import Codec, make_codec
 from ..omnisync_model.flow import progressive_init
 from ..omnisync_model.guidance import DSCFG
 from ..omnisync_model.lipsync_file import fit_audio
+from ..omnisync_model.locate import MouthTrack, locate_mouths
 from ..omnisync_model.model import OmniSyncModel
 from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, guided_denoise,
-                                       latent_first_frames, lipsync, mouth_map, to_float_frames, validate_fps,
-                                       window_noise)
+                                       latent_first_frames, lipsync, mouth_map, plan_for_codec, to_float_frames,
+                                       validate_fps, window_noise)
+from ..omnisync_model.regions import (Box, crop_boxes_from_track, crop_per_frame, map_track_to_crop,
+                                      paste_back_per_frame, working_size)
 from ..omnisync_model.windows import Window
 
 log = logging.getLogger(__name__)
@@ -46,16 +51,28 @@ LATENT_KEYS = ("omnisync_tau", "omnisync_seed", "omnisync_temporal_factor", "omn
 
 
 def image_to_frames(image: torch.Tensor, name: str = "images") -> torch.Tensor:
-    """ComfyUI IMAGE [F,H,W,C] (C = 1, 3 or 4) -> float32 RGB frames [F,H,W,3] (a view when already RGB float)."""
+    """ComfyUI IMAGE [F,H,W,C] (C = 1, 3 or 4) -> float32 RGB frames [F,H,W,3] (a view when already RGB float).
+
+    Every frame is checked here (NaN / Inf), so bad input fails before any model work."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"{name} must be an IMAGE tensor, got {type(image).__name__}")
     if image.dim() == 3:
         image = image[None]  # one frame [H,W,C] -> [1,H,W,C]
-    if image.dim() != 4 or image.shape[0] < 1:
+    if image.dim() != 4:
         raise ValueError(f"{name} must be an IMAGE batch [frames, height, width, channels], got {list(image.shape)}")
+    if image.shape[0] < 1 or min(image.shape[1:3]) < 1:
+        raise ValueError(f"{name} has no pixels (shape {list(image.shape)}); need at least 1 frame of at least 1x1")
+    if image.is_floating_point() and not all_finite(image):
+        raise ValueError(f"{name} contain NaN or Inf values")
     if image.dtype == torch.float32 and image.shape[-1] == 3:
         return image
     return to_float_frames(image, name)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """True when no element is NaN or Inf. A finite sum proves it in one pass with no copy (sum(dtype=float64)
+    would cast the whole tensor first); only when the sum overflows is every element checked."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def check_fps(fps: Any) -> float:
@@ -83,10 +100,16 @@ def audio_from_comfy(audio: Mapping[str, Any], name: str = "audio") -> tuple[tor
     if wave.dim() != 2 or wave.shape[-1] == 0:
         raise ValueError(f"{name} waveform must be [batch, channels, samples] with samples > 0, "
                          f"got {list(audio['waveform'].shape)}")
-    rate = int(audio["sample_rate"])
-    if rate <= 0:
-        raise ValueError(f"{name} sample_rate must be positive, got {rate}")
-    return wave.float(), rate
+    rate = audio["sample_rate"]
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not float(rate).is_integer() \
+            or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{name} sample_rate must be a whole number of Hz in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}, "
+                         f"got {rate!r}")
+    if not wave.is_floating_point():
+        raise ValueError(f"{name} waveform must hold float samples in -1..1, got {wave.dtype}")
+    if not all_finite(wave):
+        raise ValueError(f"{name} waveform contains NaN or Inf samples")
+    return wave.float(), int(rate)
 
 
 def audio_to_comfy(wave: torch.Tensor, sample_rate: int) -> dict:
@@ -256,6 +279,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 # --------------------------------------------------------------------------------------------- mouth tracks
 
 
+def uniform_track(n_frames: int) -> MouthTrack:
+    """No mouth information: frame centres, all invalid (the sampler then guides uniformly)."""
+    return MouthTrack(centres=torch.full((n_frames, 2), 0.5), valid=torch.zeros(n_frames, dtype=torch.bool),
+                      face_boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n_frames, 1),
+                      confidence=torch.zeros(n_frames))
+
+
+def locate_track(frames: torch.Tensor) -> MouthTrack:
+    """The built-in locator; never aborts (falls back to a uniform track with a warning)."""
+    try:
+        return locate_mouths(frames)
+    except (ValueError, RuntimeError) as exc:
+        log.warning("OmniSync mouth locator failed (%s); using the frame centre with uniform guidance", exc)
+        return uniform_track(frames.shape[0])
+
+
 def fit_track_length(centres: torch.Tensor, valid: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame mouth track [F',2], [F'] fitted to n frames: truncated, or the last entry repeated (warning)."""
     m = centres.shape[0]
@@ -389,6 +428,54 @@ def lipsync_into(out: torch.Tensor, frames: FrameSource, fps: float, audio: Audi
     return lipsync(frames, fps, audio, model, codec, options, out=out, **kwargs)
 
 
+@dataclass(frozen=True)
+class NodeHooks:
+    """What the ComfyUI glue supplies to the one-node path (defaults: plain CPU, no progress, no interrupts).
+
+    prepare(window_tokens) loads the model and returns it; progress(done, total) and check_interrupt() are called
+    once per sampling step; after_vae() runs after each VAE call (VAE work may evict the model).
+    """
+
+    prepare: Optional[Callable[[int], OmniSyncModel]] = None
+    progress: Optional[Callable[[int, int], None]] = None
+    check_interrupt: Optional[Callable[[], None]] = None
+    after_vae: Optional[Callable[[], None]] = None
+    output_device: Any = "cpu"
+
+
+def lipsync_images(model: OmniSyncModel, images: torch.Tensor, fps: Any, audio: Mapping[str, Any],
+                   options: LipSyncOptions, vae: Any = None, mouth: Any = None,
+                   audio_features: Optional[Mapping[str, Any]] = None,
+                   hooks: NodeHooks = NodeHooks()) -> tuple[torch.Tensor, dict]:
+    """The OmniSyncLipSync node without ComfyUI: IMAGE + AUDIO -> (IMAGE [F,H,W,3], AUDIO fitted to F / fps).
+
+    Inputs are checked first (nothing runs on bad input); a missing mouth track is located (never aborts: frames
+    without a face get uniform guidance and a warning).
+    """
+    frames = image_to_frames(images)
+    fps = check_fps(fps)
+    wave_input = audio_input(audio, audio_features)
+    fitted = fit_audio_to_video(audio, frames.shape[0], fps)
+    n, height, width = frames.shape[:3]
+    codec = codec_for(model, vae, after_vae=hooks.after_vae)
+    windows = plan_for_codec(n, options, codec.temporal_factor)
+    track = mouth if mouth is not None else locate_track(frames)
+    centres, valid = track_arrays(track, n)
+    if hooks.prepare is not None:
+        model = hooks.prepare(window_tokens(windows[0].length, height, width, codec, model.config.patch_size))
+    out = torch.empty((n, height, width, 3), dtype=torch.float32, device=hooks.output_device)
+    lipsync_into(out, frames, fps, wave_input, model, codec, options, mouth_centres=centres, mouth_valid=valid,
+                 progress=hooks.progress, check_interrupt=hooks.check_interrupt)
+    return out, fitted
+
+
+def window_tokens(length: int, height: int, width: int, codec: Codec, patch: int) -> int:
+    """Latent tokens of one window of ``length`` frames at height x width (for the memory manager's estimate)."""
+    m = codec.spatial_factor * patch
+    t = 1 + (length - 1) // codec.temporal_factor
+    return t * (-(-height // m)) * (-(-width // m))
+
+
 def make_options(tau: float, steps: int, seed: int, window: int, overlap: int, w_peak: float, w_base: float,
                  radius: float, gamma: float) -> LipSyncOptions:
     """LipSyncOptions from node widgets; ValueError (naming the widget) on inconsistent values."""
@@ -452,3 +539,47 @@ def sample_latent(model: OmniSyncModel, audio: EncodedAudio, inputs: SamplerInpu
     out = out[..., :hw[0], :hw[1]]
     return latent_from_5d(out, inputs.image_batch, temporal_factor=inputs.temporal_factor)
 
+
+
+# --------------------------------------------------------------------------------------------- face crop / paste
+
+
+@dataclass(frozen=True)
+class CropInfo:
+    """OMNISYNC_CROP: where each frame's crop came from. boxes [F,4] integer pixels (x, y, w, h)."""
+
+    boxes: torch.Tensor
+    size: tuple[int, int]  # (height, width) of the crops
+    frame_size: tuple[int, int]  # (height, width) of the full frames
+
+
+def crop_faces(images: torch.Tensor, side: int, multiple: int, scale: float = 1.6, smooth_frames: int = 9,
+               mouth: Any = None) -> tuple[torch.Tensor, CropInfo, MouthTrack]:
+    """The OmniSyncFaceCrop node without ComfyUI: IMAGE [F,H,W,C] -> (crops [F,h,w,3] with the longer crop side
+    ``side`` rounded to ``multiple``, the crop boxes, the mouth track in crop coordinates). A missing track is
+    located (never aborts)."""
+    frames = image_to_frames(images)
+    n, height, width = frames.shape[:3]
+    track = mouth if mouth is not None else locate_track(frames)
+    if len(track) != n:
+        raise ValueError(f"the mouth track has {len(track)} frames but images has {n}; connect the "
+                         f"OmniSyncMouthRegion made from these frames")
+    boxes = crop_boxes_from_track(track, (height, width), scale=float(scale), smooth_frames=int(smooth_frames))
+    x, y, w, h = boxes[0].tolist()  # every box has the same size
+    hw = working_size(Box(x, y, w, h), side, multiple)
+    crops = crop_per_frame(frames, boxes, hw)
+    return crops, CropInfo(boxes, hw, (height, width)), map_track_to_crop(track, boxes, (height, width))
+
+
+def paste_faces(images: torch.Tensor, synced: torch.Tensor, crop: CropInfo, feather: int = 16) -> torch.Tensor:
+    """The OmniSyncFacePaste node without ComfyUI: synced crops back into a copy of the frames (feathered edge,
+    colour matched); pixels outside the boxes are bit-exact copies of ``images``."""
+    frames = image_to_frames(images)
+    result = image_to_frames(synced, "synced")
+    if tuple(frames.shape[1:3]) != tuple(crop.frame_size):
+        raise ValueError(f"images are {frames.shape[2]}x{frames.shape[1]} but the crop was made on "
+                         f"{crop.frame_size[1]}x{crop.frame_size[0]} frames; connect the same frames")
+    if result.shape[0] != frames.shape[0] or crop.boxes.shape[0] != frames.shape[0]:
+        raise ValueError(f"frame counts differ: images {frames.shape[0]}, synced {result.shape[0]}, "
+                         f"crop boxes {crop.boxes.shape[0]}")
+    return paste_back_per_frame(frames, result, crop.boxes, feather=int(feather))

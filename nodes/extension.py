@@ -9,6 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 from .audio import OmniSyncAudioEncode
 from .face import OmniSyncFaceCrop, OmniSyncFacePaste
 from .lipsync import OmniSyncLipSync
+from .lipsync_video import OmniSyncLipSyncVideo
 from .loader import OmniSyncModelLoader
 from .mouth import OmniSyncMouthRegion
 from .sampling import OmniSyncNoiseInit, OmniSyncSampler
@@ -21,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     OmniSyncNoiseInit,
     OmniSyncSampler,
     OmniSyncLipSync,
+    OmniSyncLipSyncVideo,
     OmniSyncFaceCrop,
     OmniSyncFacePaste,
     OmniSyncPixelVAE,

@@ -7,29 +7,14 @@ bit-exact copies of the input frames.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from comfy_api.latest import io
 
 from ..omnisync_model.codec import make_codec
-from ..omnisync_model.regions import (Box, crop_boxes_from_track, crop_per_frame, map_track_to_crop,
-                                      paste_back_per_frame, working_size)
-from .adapters import image_to_frames
-from .mouth import locate_track
+from .adapters import CropInfo, crop_faces, paste_faces
 from .runtime import output_device
 from .types import CATEGORY, OmniCrop, OmniModel, OmniMouth
 
 DEFAULT_RESOLUTION = 256  # when a checkpoint does not state the resolution it was trained at
-
-
-@dataclass(frozen=True)
-class CropInfo:
-    """OMNISYNC_CROP: where each frame's crop came from. boxes [F,4] integer pixels (x, y, w, h)."""
-
-    boxes: torch.Tensor
-    size: tuple[int, int]  # (height, width) of the crops
-    frame_size: tuple[int, int]  # (height, width) of the full frames
 
 
 def model_resolution(patcher, size: int) -> tuple[int, int]:
@@ -81,19 +66,9 @@ class OmniSyncFaceCrop(io.ComfyNode):
     @classmethod
     def execute(cls, model, images, scale: float = 1.6, smooth_frames: int = 9, size: int = 0,
                 mouth=None) -> io.NodeOutput:
-        frames = image_to_frames(images)
-        n, height, width = frames.shape[:3]
-        track = mouth if mouth is not None else locate_track(frames)
-        if len(track) != n:
-            raise ValueError(f"the mouth track has {len(track)} frames but images has {n}; connect the "
-                             f"OmniSyncMouthRegion made from these frames")
         side, multiple = model_resolution(model, size)
-        boxes = crop_boxes_from_track(track, (height, width), scale=float(scale), smooth_frames=int(smooth_frames))
-        x, y, w, h = boxes[0].tolist()  # every box has the same size
-        hw = working_size(Box(x, y, w, h), side, multiple)
-        crops = crop_per_frame(frames, boxes, hw)
-        info = CropInfo(boxes, hw, (height, width))
-        return io.NodeOutput(crops.to(output_device()), info, map_track_to_crop(track, boxes, (height, width)))
+        crops, info, crop_mouth = crop_faces(images, side, multiple, scale, smooth_frames, mouth)
+        return io.NodeOutput(crops.to(output_device()), info, crop_mouth)
 
 
 class OmniSyncFacePaste(io.ComfyNode):
@@ -118,14 +93,4 @@ class OmniSyncFacePaste(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, synced, crop: CropInfo, feather: int = 16) -> io.NodeOutput:
-        frames = image_to_frames(images)
-        result = image_to_frames(synced, "synced")
-        if tuple(frames.shape[1:3]) != tuple(crop.frame_size):
-            raise ValueError(f"images are {frames.shape[2]}x{frames.shape[1]} but the crop was made on "
-                             f"{crop.frame_size[1]}x{crop.frame_size[0]} frames; connect the same frames")
-        if result.shape[0] != frames.shape[0] or crop.boxes.shape[0] != frames.shape[0]:
-            raise ValueError(f"frame counts differ: images {frames.shape[0]}, synced {result.shape[0]}, "
-                             f"crop boxes {crop.boxes.shape[0]}")
-        out = paste_back_per_frame(frames, result, crop.boxes, feather=int(feather))
-        return io.NodeOutput(out.to(output_device()))
-
+        return io.NodeOutput(paste_faces(images, synced, crop, feather).to(output_device()))

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from comfy_api.latest import io
 
-from ..omnisync_model.windows import plan_windows
-from .adapters import (audio_input, check_fps, codec_for, fit_audio_to_video, image_to_frames, lipsync_into,
-                       make_options, track_arrays)
-from .mouth import locate_track
-from .runtime import output_device, prepare_model, progress_hooks, reload_model
+from .adapters import lipsync_images, make_options
+from .runtime import comfy_hooks
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel, OmniMouth
 
@@ -67,25 +63,7 @@ class OmniSyncLipSync(io.ComfyNode):
     def execute(cls, model, images, fps: float, audio, tau: float, steps: int, seed: int, window: int,
                 overlap: int, w_peak: float, w_base: float, radius: float, gamma: float, vae=None, mouth=None,
                 audio_features=None) -> io.NodeOutput:
-        frames = image_to_frames(images)
-        fps = check_fps(fps)
         options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
-        n, height, width = frames.shape[:3]
-        omni = model.model.omnisync
-        codec = codec_for(omni, vae, after_vae=lambda: reload_model(model))
-        windows = plan_windows(n, options.window, options.overlap, multiple=codec.temporal_factor)
-        if mouth is None:
-            mouth = locate_track(frames)
-        centres, valid = track_arrays(mouth, n)
-        omni = prepare_model(model, _window_tokens(windows[0].length, height, width, codec, omni.config.patch_size))
-        progress, check = progress_hooks(len(windows) * options.steps)
-        out = torch.empty((n, height, width, 3), dtype=torch.float32, device=output_device())
-        lipsync_into(out, frames, fps, audio_input(audio, audio_features), omni, codec, options,
-                     mouth_centres=centres, mouth_valid=valid, progress=progress, check_interrupt=check)
-        return io.NodeOutput(out, fit_audio_to_video(audio, n, fps))
-
-
-def _window_tokens(length: int, height: int, width: int, codec, patch: int) -> int:
-    m = codec.spatial_factor * patch
-    t = 1 + (length - 1) // codec.temporal_factor
-    return t * (-(-height // m)) * (-(-width // m))
+        frames, fitted = lipsync_images(model.model.omnisync, images, fps, audio, options, vae=vae, mouth=mouth,
+                                        audio_features=audio_features, hooks=comfy_hooks(model))
+        return io.NodeOutput(frames, fitted)

@@ -7,28 +7,12 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..omnisync_model.locate import MouthTrack, locate_mouths, mask_to_mouths, mouth_mask_preview
-from .adapters import fit_mask_count, image_to_frames
+from ..omnisync_model.locate import MouthTrack, mask_to_mouths, mouth_mask_preview
+from .adapters import fit_mask_count, image_to_frames, locate_track, uniform_track
 from .runtime import output_device
 from .types import CATEGORY, OmniMouth
 
 log = logging.getLogger(__name__)
-
-
-def uniform_track(n_frames: int) -> MouthTrack:
-    """No mouth information: frame centres, all invalid (the sampler then guides uniformly)."""
-    return MouthTrack(centres=torch.full((n_frames, 2), 0.5), valid=torch.zeros(n_frames, dtype=torch.bool),
-                      face_boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n_frames, 1),
-                      confidence=torch.zeros(n_frames))
-
-
-def locate_track(frames: torch.Tensor) -> MouthTrack:
-    """The built-in locator; never aborts (falls back to a uniform track with a warning)."""
-    try:
-        return locate_mouths(frames)
-    except (ValueError, RuntimeError) as exc:
-        log.warning("OmniSync mouth locator failed (%s); using the frame centre with uniform guidance", exc)
-        return uniform_track(frames.shape[0])
 
 
 def mask_track(mask: torch.Tensor, n_frames: int) -> MouthTrack:

@@ -10,6 +10,7 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..omnisync_model.model import OmniSyncModel
+from .adapters import NodeHooks
 
 
 class OmniSyncHolder(torch.nn.Module):
@@ -56,3 +57,16 @@ def progress_hooks(total: int) -> tuple[Callable[[int, int], None], Callable[[],
 
 def output_device() -> torch.device:
     return mm.intermediate_device()
+
+
+def comfy_hooks(patcher) -> NodeHooks:
+    """NodeHooks for the one-node paths: load through the memory manager, one progress bar over every step of every
+    window (the pipeline passes the total), interrupts, outputs on the intermediate device."""
+    bar = comfy.utils.ProgressBar(1)
+
+    def progress(done: int, total: int) -> None:
+        bar.update_absolute(done, total)
+
+    return NodeHooks(prepare=lambda tokens: prepare_model(patcher, tokens), progress=progress,
+                     check_interrupt=mm.throw_exception_if_processing_interrupted,
+                     after_vae=lambda: reload_model(patcher), output_device=output_device())

@@ -207,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable]:
-    """Subcommands defined next to their code (train, bench, perf) register themselves here."""
+    """Subcommands defined next to their code (train, bench, perf, demo, longvideo) register themselves here."""
     registrars = []
-    for module in ("train", "bench", "perf", "demo"):
+    for module in ("train", "bench", "perf", "demo", "longvideo"):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=["register_cli"])
         except ImportError as exc:

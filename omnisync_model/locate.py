@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ class LocateOptions:
     smooth_frames: int = 5
     outlier_frames: int = 9
     min_confidence: float = 0.35
-    chunk: int = 256
+    chunk: int = 64
 
     def __post_init__(self) -> None:
         if self.work_size < 16 or self.crop < 16 or self.chunk < 1 or self.smooth_frames < 1:
@@ -500,16 +501,67 @@ def _locate_chunk(frames: torch.Tensor, small: torch.Tensor, scale: torch.Tensor
 
 def locate_mouths(frames: torch.Tensor, options: LocateOptions = LocateOptions()) -> MouthTrack:
     """Find the mouth in every frame of [F,H,W,C] (float 0..1 or uint8). Never raises for what frames show."""
-    if frames.dim() == 3:
-        frames = frames[None]  # one frame [H,W,C] -> [1,H,W,C]
-    if frames.dim() != 4 or frames.shape[0] == 0 or min(frames.shape[1:3]) < 1:
-        raise ValueError(f"frames must be [frames, height, width, channels], got {list(frames.shape)}")
-    small, scale = _downscale(frames, options.work_size)
-    parts = [_locate_chunk(frames[i:i + options.chunk], small[i:i + options.chunk], scale, options)
-             for i in range(0, frames.shape[0], options.chunk)]
-    centres, boxes, conf = (torch.cat(p) for p in zip(*parts))
-    return finish_track(centres, boxes, conf, conf >= options.min_confidence, options.smooth_frames,
-                        options.outlier_frames)
+    locator = MouthLocator(options)
+    locator.add(frames)
+    return locator.finish()
+
+
+class MouthLocator:
+    """:func:`locate_mouths` fed chunk by chunk, for videos that do not fit in memory: ``add`` frames in pieces of
+    any size, then ``finish`` returns the same track as one call on all frames. Only ``options.chunk`` frames and
+    a few numbers per frame are kept."""
+
+    def __init__(self, options: LocateOptions = LocateOptions()):
+        self.options = options
+        self._pending: list[torch.Tensor] = []  # frames not yet searched, fewer than options.chunk in all
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (centres, boxes, confidence)
+        self._size: Optional[tuple[int, int]] = None
+
+    def __len__(self) -> int:
+        return sum(p[0].shape[0] for p in self._parts) + sum(f.shape[0] for f in self._pending)
+
+    def add(self, frames: torch.Tensor) -> None:
+        if frames.dim() == 3:
+            frames = frames[None]  # one frame [H,W,C] -> [1,H,W,C]
+        if frames.dim() != 4 or min(frames.shape[1:3]) < 1:
+            raise ValueError(f"frames must be [frames, height, width, channels], got {list(frames.shape)}")
+        if self._size is not None and tuple(frames.shape[1:3]) != self._size:
+            raise ValueError(f"frames changed size from {self._size[1]}x{self._size[0]} to "
+                             f"{frames.shape[2]}x{frames.shape[1]}")
+        self._size = tuple(frames.shape[1:3])
+        self._pending.append(frames)
+        chunk = self.options.chunk
+        while sum(f.shape[0] for f in self._pending) >= chunk:
+            self._search(self._take(chunk))
+
+    def _take(self, k: int) -> torch.Tensor:
+        """The first ``k`` pending frames (no copy when one piece holds them all)."""
+        out, need = [], k
+        while need:
+            head = self._pending[0]
+            out.append(head[:need])
+            if head.shape[0] > need:
+                self._pending[0] = head[need:]
+                need = 0
+            else:
+                self._pending.pop(0)
+                need -= head.shape[0]
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _search(self, frames: torch.Tensor) -> None:
+        small, scale = _downscale(frames, self.options.work_size)
+        self._parts.append(_locate_chunk(frames, small, scale, self.options))
+
+    def finish(self) -> MouthTrack:
+        rest = sum(f.shape[0] for f in self._pending)
+        if rest:
+            self._search(self._take(rest))
+        if not self._parts:
+            raise ValueError("frames must be [frames, height, width, channels] with at least one frame, got none")
+        centres, boxes, conf = (torch.cat(p) for p in zip(*self._parts))
+        opts = self.options
+        return finish_track(centres, boxes, conf, conf >= opts.min_confidence, opts.smooth_frames,
+                            opts.outlier_frames)
 
 
 # --- Tracks over time, user masks, previews ------------------------------------------------------------------------

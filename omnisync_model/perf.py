@@ -292,11 +292,12 @@ def child_length_run(spec: dict) -> dict:
     return result
 
 
-def run_child(spec: dict) -> dict:
-    cmd = [sys.executable, "-m", "omnisync_model.perf", "--child", json.dumps(spec)]
+def run_child(spec: dict, module: str = "omnisync_model.perf") -> dict:
+    """Run ``python -m module --child SPEC`` in a fresh process (its own peak RSS); returns its last stdout line."""
+    cmd = [sys.executable, "-m", module, "--child", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ))
     if proc.returncode != 0:
-        raise RuntimeError(f"perf child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{module} child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

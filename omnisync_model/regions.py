@@ -65,15 +65,20 @@ def crop(frames: torch.Tensor, box: Box, hw: tuple[int, int]) -> torch.Tensor:
     return crop_per_frame(frames, _repeat(box, frames.shape[0]), hw)
 
 
+PASTE_CHUNK = 16  # frames cropped / blended at once
+
+
 def crop_per_frame(frames: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Crop frame i's box ``boxes[i]`` (x, y, w, h pixels) from float or uint8 frames [F,H,W,3] and resize each
     crop to ``hw``: float32 [F,h,w,3]."""
     boxes = check_boxes(boxes, frames.shape[0], frames.shape[1], frames.shape[2])
     out = torch.empty((frames.shape[0], hw[0], hw[1], 3), dtype=torch.float32, device=frames.device)
-    for idx, (bw, bh) in _size_groups(boxes):
-        region = torch.stack([frames[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, boxes[idx, :2].tolist())])
-        region = region.float() / 255.0 if frames.dtype == torch.uint8 else region.float()  # [n,bh,bw,3]
-        out[idx] = resize(region, hw)
+    for group, (bw, bh) in _size_groups(boxes):
+        for k in range(0, len(group), PASTE_CHUNK):  # a few frames at a time: temporaries stay small
+            idx = group[k:k + PASTE_CHUNK]
+            region = torch.stack([frames[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, boxes[idx, :2].tolist())])
+            region = region.float() / 255.0 if frames.dtype == torch.uint8 else region.float()  # [n,bh,bw,3]
+            out[idx] = resize(region, hw)
     return out
 
 
@@ -114,20 +119,27 @@ def paste_back_per_frame(full: torch.Tensor, result: torch.Tensor, boxes: torch.
         raise ValueError(f"result has {result.shape[0]} frames, full has {full.shape[0]}")
     out = full.clone()
     is_u8 = full.dtype == torch.uint8
-    for idx, (bw, bh) in _size_groups(boxes):
-        corners = boxes[idx, :2].tolist()
-        region = torch.stack([full[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, corners)])  # [n,bh,bw,3]
-        orig = region.float() / 255.0 if is_u8 else region.float()
-        mask = feather_mask(bh, bw, feather).to(orig.device)  # [bh,bw,1]
-        res = match_colour(resize(result[idx].to(orig.device), (bh, bw)), orig, mask)
-        if weights is not None:  # per-pixel blend weights [n,h'',w''] -> [n,bh,bw,1]
-            mask = mask * resize(weights[idx].unsqueeze(-1).expand(-1, -1, -1, 3), (bh, bw))[..., :1].to(orig.device)
-        blended = mask * res + (1 - mask) * orig
-        if is_u8:
-            blended = (blended * 255.0).round().clamp(0, 255).to(torch.uint8)
-        for j, (i, (x, y)) in enumerate(zip(idx, corners)):
-            out[i, y:y + bh, x:x + bw] = blended[j].to(full.dtype)
+    for group, (bw, bh) in _size_groups(boxes):
+        for k in range(0, len(group), PASTE_CHUNK):  # a few frames at a time: temporaries stay small
+            idx = group[k:k + PASTE_CHUNK]
+            _paste_group(out, full, result, boxes, idx, bw, bh, feather, weights, is_u8)
     return out
+
+
+def _paste_group(out, full, result, boxes, idx, bw, bh, feather, weights, is_u8) -> None:
+    """Paste frames ``idx`` (boxes all bw x bh) of ``result`` into ``out``; see :func:`paste_back_per_frame`."""
+    corners = boxes[idx, :2].tolist()
+    region = torch.stack([full[i, y:y + bh, x:x + bw] for i, (x, y) in zip(idx, corners)])  # [n,bh,bw,3]
+    orig = region.float() / 255.0 if is_u8 else region.float()
+    mask = feather_mask(bh, bw, feather).to(orig.device)  # [bh,bw,1]
+    res = match_colour(resize(result[idx].to(orig.device), (bh, bw)), orig, mask)
+    if weights is not None:  # per-pixel blend weights [n,h'',w''] -> [n,bh,bw,1]
+        mask = mask * resize(weights[idx].unsqueeze(-1).expand(-1, -1, -1, 3), (bh, bw))[..., :1].to(orig.device)
+    blended = mask * res + (1 - mask) * orig
+    if is_u8:
+        blended = (blended * 255.0).round().clamp(0, 255).to(torch.uint8)
+    for j, (i, (x, y)) in enumerate(zip(idx, corners)):
+        out[i, y:y + bh, x:x + bw] = blended[j].to(full.dtype)
 
 
 def check_boxes(boxes: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:

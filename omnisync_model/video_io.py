@@ -271,6 +271,25 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+SURROUND_51 = ("FL", "FR", "FC", "LFE", "BL", "BR")  # FFmpeg's 5.1 channel order
+_MINUS_3DB = 0.7071067811865476
+
+
+def stereo_downmix(wave: np.ndarray) -> np.ndarray:
+    """[C, N] with C > 2 -> what the writer stores: 5.1 (FFmpeg order FL FR FC LFE BL BR) becomes stereo
+    (L = FL + 0.707 FC + 0.707 BL, R likewise, LFE dropped, scaled by 1 / (1 + 2 * 0.707) so full-scale input
+    cannot clip); any other count is averaged to mono."""
+    if wave.shape[0] == len(SURROUND_51):
+        fl, fr, fc, _lfe, bl, br = wave
+        gain = 1.0 / (1.0 + 2 * _MINUS_3DB)
+        left = (fl + _MINUS_3DB * (fc + bl)) * gain
+        right = (fr + _MINUS_3DB * (fc + br)) * gain
+        logger.info("downmixing 5.1 audio to stereo for the AAC track")
+        return np.stack([left, right]).astype(np.float32)
+    logger.info("downmixing %d-channel audio to mono for the AAC track", wave.shape[0])
+    return wave.mean(axis=0, keepdims=True, dtype=np.float32)
+
+
 def _audio_array(audio) -> tuple[np.ndarray, int]:
     wave, rate = audio
     if isinstance(wave, torch.Tensor):
@@ -278,9 +297,10 @@ def _audio_array(audio) -> tuple[np.ndarray, int]:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 1:
         wave = wave[None]
-    if wave.ndim != 2 or wave.shape[0] not in LAYOUTS:
-        raise ValueError(f"audio waveform must be [C, N] with C = 1 (mono) or 2 (stereo), got {list(wave.shape)}; "
-                         f"downmix other layouts first")
+    if wave.ndim != 2 or wave.shape[0] < 1:
+        raise ValueError(f"audio waveform must be [C, N] with C >= 1 channels, got {list(wave.shape)}")
+    if wave.shape[0] not in LAYOUTS:
+        wave = stereo_downmix(wave)
     if int(rate) <= 0:
         raise ValueError(f"audio sample rate must be positive, got {rate}")
     return np.ascontiguousarray(wave), int(rate)

@@ -24,9 +24,10 @@ pytestmark = pytest.mark.skipif(
            "tests/test_comfy_server.py")
 
 NODE_IDS = ["OmniSyncModelLoader", "OmniSyncAudioEncode", "OmniSyncMouthRegion", "OmniSyncNoiseInit",
-            "OmniSyncSampler", "OmniSyncLipSync", "OmniSyncFaceCrop", "OmniSyncFacePaste", "OmniSyncPixelVAE"]
+            "OmniSyncSampler", "OmniSyncLipSync", "OmniSyncLipSyncVideo", "OmniSyncFaceCrop", "OmniSyncFacePaste",
+            "OmniSyncPixelVAE"]
 WORKFLOW_FILES = ["lipsync_basic.json", "lipsync_long_video.json", "lipsync_step_by_step.json",
-                  "lipsync_after_video_generator.json"]
+                  "lipsync_after_video_generator.json", "lipsync_video_file.json"]
 FPS = 25.0
 SHORT_S, SHORT_AUDIO_S = 2.0, 2.6  # the new speech is longer than the clip: it must be trimmed
 LONG_S, LONG_AUDIO_S = 20.0, 19.0  # ... and shorter here: it must be padded
@@ -202,6 +203,49 @@ def test_long_video_workflow_in_windows(server, object_info):
     assert re.search(r"lip sync: 500 frames at 25.000 fps in \d\d window", server.log_tail(200_000))
 
 
+def _scratch_files(server):
+    """Files the VIDEO node left in ComfyUI's temp folder (its results; never inputs or partial files)."""
+    folder = server.base / "temp" / "omnisync"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_video_file_workflow_streams_the_long_clip(server, object_info):
+    workflow, prompt = _prompt(object_info, "lipsync_video_file.json", steps=1)
+    history = _run(server, workflow, prompt, timeout=900)
+    _check_video(server, history, frames=500, fps=25, audio_s=LONG_S)
+    assert re.search(r"lip sync: 500 frames at 25.000 fps in \d\d window", server.log_tail(200_000))
+    leftovers = _scratch_files(server)
+    assert leftovers and all(n.startswith("omnisync_") and ".partial" not in n and "input" not in n
+                             for n in leftovers), leftovers
+
+
+def test_video_node_takes_frames_in_memory_from_create_video(server, object_info):
+    prompt = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": "omnisync_face.mp4"}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 25.0}},
+        "4": {"class_type": "OmniSyncModelLoader", "inputs": {"ckpt_name": DEMO, "weight_dtype": "auto"}},
+        "5": {"class_type": "LoadAudio", "inputs": {"audio": "omnisync_speech.wav"}},
+        "6": {"class_type": "OmniSyncLipSyncVideo", "inputs": {
+            "model": ["4", 0], "video": ["3", 0], "audio": ["5", 0], "region": "whole frame", "blend": "box",
+            "size": 0, "tau": 0.9, "steps": 1, "seed": 3, "window": 16, "overlap": 2, "w_peak": 2.5,
+            "w_base": 1.0, "radius": 0.15, "gamma": 1.5}},
+        "7": {"class_type": "SaveVideo", "inputs": {"video": ["6", 0], "filename_prefix": "omnisync/in_memory",
+                                                    "format": "auto", "codec": "auto"}},
+    }
+    history = _run(server, None, prompt)
+    _check_video(server, history, frames=50, fps=25, audio_s=SHORT_S)
+    assert all("input" not in n for n in _scratch_files(server))  # the temporary copy was removed
+
+
+def test_interrupting_the_video_node_leaves_no_file(server, object_info):
+    workflow, prompt = _prompt(object_info, "lipsync_video_file.json", steps=20,
+                               OmniSyncLipSyncVideo={"seed": 4321})
+    before = set(_scratch_files(server))
+    _interrupt_once_sampling(server, workflow, prompt, "OmniSyncLipSyncVideo")
+    assert set(_scratch_files(server)) == before  # nothing half-written
+
+
 def test_pixel_vae_matches_the_built_in_codec_exactly(server, object_info):
     """Core VAEEncode -> VAEDecode with OmniSyncPixelVAE is lossless, and OmniSyncLipSync gives the same frames
     with the VAE connected as with its built-in pixel codec (PNG outputs compared bit for bit)."""
@@ -242,6 +286,16 @@ def test_pixel_vae_matches_the_built_in_codec_exactly(server, object_info):
 def test_interrupt_stops_a_run_and_the_next_prompt_works(server, object_info):
     workflow, prompt = _prompt(object_info, "lipsync_long_video.json", steps=20,
                                OmniSyncLipSync={"seed": 1234})
+    _interrupt_once_sampling(server, workflow, prompt, "OmniSyncLipSync")
+    # the server is still usable: a fresh prompt (new seed, so nothing is cached) runs to the end
+    workflow, prompt = _prompt(object_info, "lipsync_basic.json", OmniSyncLipSync={"seed": 77})
+    history = _run(server, workflow, prompt)
+    _check_video(server, history, frames=50, fps=25, audio_s=SHORT_S)
+
+
+def _interrupt_once_sampling(server, workflow, prompt, node_type):
+    """Queue a 500-frame run, POST /interrupt once sampling has started; the run must stop in ``node_type`` with
+    no saved file. Returns the history."""
     log_before = len(server.log_tail(10_000_000))
     prompt_id = server.queue(prompt, workflow)
     server.wait_running(prompt_id)
@@ -252,13 +306,9 @@ def test_interrupt_stops_a_run_and_the_next_prompt_works(server, object_info):
     assert history["status"]["status_str"] == "error"
     events = history_events(history)
     assert "execution_interrupted" in events and "execution_success" not in events, events
-    interrupted = dict(history["status"]["messages"])["execution_interrupted"]
-    assert interrupted["node_type"] == "OmniSyncLipSync"
+    assert dict(history["status"]["messages"])["execution_interrupted"]["node_type"] == node_type
     assert not server.saved_files(history)
-    # the server is still usable: a fresh prompt (new seed, so nothing is cached) runs to the end
-    workflow, prompt = _prompt(object_info, "lipsync_basic.json", OmniSyncLipSync={"seed": 77})
-    history = _run(server, workflow, prompt)
-    _check_video(server, history, frames=50, fps=25, audio_s=SHORT_S)
+    return history
 
 
 def _wait_for_log(server, text, start=0, timeout=180.0):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from omnisync_model.locate import (
     LocateOptions,
+    MouthLocator,
     MouthTrack,
     fill_holes,
     fill_invalid,
@@ -67,6 +68,25 @@ def test_synthetic_track_with_temporal_smoothing():
     inside = (fb[:, 0] < clip.mouth_centre[:, 0]) & (clip.mouth_centre[:, 0] < fb[:, 2]) \
         & (fb[:, 1] < clip.mouth_centre[:, 1]) & (clip.mouth_centre[:, 1] < fb[:, 3])
     assert bool(inside.all())
+
+
+def test_streamed_locator_equals_one_call_on_all_frames():
+    """Chunks of any size (crossing the search chunk, one frame, empty) give exactly the one-call track."""
+    clip = make_clip(ClipSpec(seed=5, style="anime", n_frames=23, size=64, motion=1.5))
+    opts = LocateOptions(chunk=6)
+    whole = locate_mouths(clip.frames, opts)
+    locator = MouthLocator(opts)
+    for a, b in [(0, 4), (4, 4), (4, 5), (5, 17), (17, 23)]:
+        locator.add(clip.frames[a:b])
+        assert len(locator) == b
+    streamed = locator.finish()
+    for name in ("centres", "valid", "face_boxes", "confidence"):
+        assert torch.equal(getattr(streamed, name), getattr(whole, name)), name
+    assert bool(whole.valid.any())
+    with pytest.raises(ValueError, match="changed size"):
+        locator.add(clip.frames[:1, :32])
+    with pytest.raises(ValueError, match="none"):
+        MouthLocator(opts).finish()
 
 
 def test_uint8_frames_give_the_same_answer():

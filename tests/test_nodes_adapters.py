@@ -10,6 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
+from conftest import randomize_zero_inits
 from comfy_helpers import pack_module
 
 A = pack_module("nodes.adapters")
@@ -25,11 +26,7 @@ MODEL = pack_module("omnisync_model.model")
 def model():
     torch.manual_seed(0)
     m = MODEL.OmniSyncModel(CONFIG.get_preset("tiny").replace(external_audio_dim=8)).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # zero-initialised gates / output get small values so the output depends on the inputs
-        for p in m.parameters():
-            if p.dim() >= 1 and torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    randomize_zero_inits(m, seed=1)  # gates / output get small values: the output depends on every input
     return m
 
 

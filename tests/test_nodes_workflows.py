@@ -8,9 +8,9 @@ import pytest
 from comfy_helpers import WORKFLOWS
 
 FILES = ["lipsync_basic.json", "lipsync_long_video.json", "lipsync_step_by_step.json",
-         "lipsync_after_video_generator.json"]
+         "lipsync_after_video_generator.json", "lipsync_video_file.json"]
 OURS = {"OmniSyncModelLoader", "OmniSyncAudioEncode", "OmniSyncMouthRegion", "OmniSyncNoiseInit", "OmniSyncSampler",
-        "OmniSyncLipSync", "OmniSyncFaceCrop", "OmniSyncFacePaste", "OmniSyncPixelVAE"}
+        "OmniSyncLipSync", "OmniSyncLipSyncVideo", "OmniSyncFaceCrop", "OmniSyncFacePaste", "OmniSyncPixelVAE"}
 CORE = {"Note", "LoadVideo", "GetVideoComponents", "LoadAudio", "CreateVideo", "SaveVideo", "VAEEncode", "VAEDecode",
         "UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "EmptyHunyuanLatentVideo", "ModelSamplingSD3",
         "KSampler"}
@@ -58,6 +58,20 @@ def test_long_video_workflow_uses_windows_and_face_crop():
     sync = next(n for n in wf["nodes"] if n["type"] == "OmniSyncLipSync")
     window, overlap = sync["widgets_values"][5:7]  # fps, tau, steps, seed, control, window, overlap, ...
     assert 0 < overlap < window
+
+
+def test_video_file_workflow_streams_load_video_into_save_video():
+    wf = json.loads((WORKFLOWS / "lipsync_video_file.json").read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    by_type = {n["type"]: n for n in wf["nodes"]}
+    assert "GetVideoComponents" not in by_type and "OmniSyncLipSync" not in by_type  # no IMAGE batch anywhere
+    sync = by_type["OmniSyncLipSyncVideo"]
+    feeds = {link[4]: nodes[link[1]]["type"] for link in wf["links"] if link[3] == sync["id"]}
+    assert feeds == {0: "OmniSyncModelLoader", 1: "LoadVideo", 2: "LoadAudio"}
+    saved = [link for link in wf["links"] if link[3] == by_type["SaveVideo"]["id"]]
+    assert [(link[1], link[5]) for link in saved] == [(sync["id"], "VIDEO")]
+    region, blend, size = sync["widgets_values"][:3]
+    assert (region, blend, size) == ("face (auto)", "mouth", 0)
 
 
 def test_step_by_step_workflow_is_modular_with_a_vae():

@@ -279,9 +279,23 @@ def test_empty_write_is_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_writer_downmixes_surround_and_other_layouts():
+    import numpy as np
+    from omnisync_model.video_io import stereo_downmix
+
+    fl, fr, fc, lfe, bl, br = (np.full(4, v, np.float32) for v in (0.1, 0.2, 0.3, 0.9, 0.4, 0.5))
+    out = stereo_downmix(np.stack([fl, fr, fc, lfe, bl, br]))
+    g, k = 1 / (1 + 2 * 0.5 ** 0.5), 0.5 ** 0.5
+    assert out.shape == (2, 4) and out.dtype == np.float32
+    assert np.allclose(out[0], (0.1 + k * (0.3 + 0.4)) * g) and np.allclose(out[1], (0.2 + k * (0.3 + 0.5)) * g)
+    assert np.abs(stereo_downmix(np.ones((6, 3), np.float32))).max() <= 1.0 + 1e-6  # full scale cannot clip
+    three = np.arange(9, dtype=np.float32).reshape(3, 3)
+    assert np.allclose(stereo_downmix(three), three.mean(0, keepdims=True))
+
+
 def test_writer_validates_arguments(tmp_path):
-    with pytest.raises(ValueError, match="mono"):
-        VideoWriter(tmp_path / "x.mp4", 25, 32, 32, audio=(torch.zeros(3, 100), 16000))
+    with pytest.raises(ValueError, match="channels"):
+        VideoWriter(tmp_path / "x.mp4", 25, 32, 32, audio=(torch.zeros(2, 3, 100), 16000))
     with pytest.raises(ValueError, match="positive"):
         VideoWriter(tmp_path / "x.mp4", 25, 0, 32)
     with pytest.raises(RuntimeError, match="not open"):
