@@ -126,7 +126,8 @@ ERROR_ROWS = [
      AUDIO_NOT_FINITE),
     ("audio: empty (0 samples)", frames, FPS, lambda: silent(n=0),
      r"audio waveform must be \[batch, channels, samples\] with samples > 0, got \[1, 1, 0\]"),
-    ("audio: sample_rate 0", frames, FPS, lambda: audio(rate=0), r"audio sample_rate must be a whole number of Hz in 8000..96000, got 0"),
+    ("audio: sample_rate 0", frames, FPS, lambda: audio(rate=0),
+     r"audio sample_rate must be a whole number of Hz in 8000..96000, got 0"),
     ("audio: sample_rate 4000 (below 8 kHz)", frames, FPS, lambda: audio(n=2000, rate=4000),
      r"audio sample_rate must be a whole number of Hz in 8000..96000, got 4000"),
     ("audio: sample_rate 192000 (above 96 kHz)", frames, FPS, lambda: audio(n=96000, rate=192000),
@@ -274,3 +275,38 @@ def test_silent_audio_closes_a_talking_mouth_with_the_shipped_model():
     assert float(out_err[talking].mean()) <= 0.55 * float(src_err[talking].mean())  # 0.059 vs 0.157
     assert float(out_err[quiet].mean()) <= 0.01  # 0.002
     assert METRICS.psnr_outside(out, clip.frames, clip.mouth_box) >= 35.0  # 52.8 dB
+
+
+# --------------------------------------------------------------------------------------------- interrupts
+
+
+def _large_tensors(min_numel):
+    import gc
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter) and o.numel() >= min_numel)
+
+
+def test_an_interrupt_stops_within_one_step_frees_the_buffers_and_the_next_run_works(model, reference):
+    class Interrupted(Exception):
+        pass
+
+    images, aud = frames(n=20, seed=3), audio(seed=3)
+    size = images.numel()  # the output buffer and every window's frames are at least this large together
+    before = _large_tensors(size // 4)
+    checks = []
+
+    def check():
+        checks.append(1)
+        if len(checks) == 3:
+            raise Interrupted
+
+    progress = []
+    hooks = A.NodeHooks(progress=lambda done, total: progress.append(done), check_interrupt=check)
+    with pytest.raises(Interrupted):
+        A.lipsync_images(model, images, FPS, aud, OPTIONS, hooks=hooks)
+    assert progress == [1, 2]  # stopped at the check of the third step, before finishing it
+    assert _large_tensors(size // 4) == before  # nothing of the interrupted run is still alive
+    ref_images, ref_audio, want_out, _ = reference
+    out, _ = run(model, ref_images, FPS, ref_audio)
+    assert torch.equal(out, want_out)
