@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .lipsync_file import lipsync_video
-from .perf import build_model, current_rss_kb, run_child, synthetic_speech
+from .perf import build_model, current_rss_kb, peak_rss_kb, run_child, synthetic_speech
 from .pipeline import LipSyncOptions
 from .regions import resize
 from .video_io import VideoWriter, probe_video, read_audio
@@ -61,6 +60,16 @@ def speech_waveform(seconds: float, piece_s: float = 10.0) -> torch.Tensor:
     return torch.cat(pieces)[None]
 
 
+def _is_clip(path: Path, frames: int, size: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        info = probe_video(path)
+    except ValueError:
+        return False
+    return (info.n_frames, info.width, info.height, info.fps) == (frames, size, size, FPS)
+
+
 def child_run(spec: dict) -> dict:
     """One lip sync in this (fresh) process; returns RSS figures and what was written."""
     torch.set_num_threads(int(spec["threads"]))
@@ -71,7 +80,7 @@ def child_run(spec: dict) -> dict:
     t0 = time.perf_counter()
     result = lipsync_video(spec["video"], wave, 16000, spec["out"], model, options, box="auto", size=64)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = peak_rss_kb()  # this process's own peak (not ru_maxrss, which can be the parent's)
     info = probe_video(spec["out"])
     audio, rate = read_audio(spec["out"])
     return {"frames_out": result.frames, "frames_file": info.n_frames, "fps": str(info.fps),
@@ -84,7 +93,9 @@ def run_benchmark(work: Path, minutes: tuple[float, float], size: int, steps: in
     work.mkdir(parents=True, exist_ok=True)
     runs = {}
     for m in minutes:
-        clip = write_long_clip(work / f"clip_{m:g}min.mp4", m * 60, size)
+        clip = work / f"clip_{m:g}min.mp4"
+        if not _is_clip(clip, int(round(m * 60 * FPS)), size):  # a clip from an earlier run is reused
+            write_long_clip(clip, m * 60, size)
         spec = {"video": str(clip), "out": str(work / f"synced_{m:g}min.mp4"), "seconds": m * 60, "steps": steps,
                 "threads": torch.get_num_threads()}
         run = run_child(spec, "omnisync_model.longvideo")

@@ -256,15 +256,26 @@ def measure_pipeline_overhead(preset: str, settings: PerfSettings) -> dict:
 # ------------------------------------------------------------------------------------------- length scaling
 
 
-def current_rss_kb() -> int:
-    """Resident set size now, in KiB (Linux /proc; 0 where unavailable)."""
+def _proc_status_kb(key: str) -> int:
+    """A KiB field of /proc/self/status (0 where unavailable)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def current_rss_kb() -> int:
+    """Resident set size now, in KiB (Linux /proc; 0 where unavailable)."""
+    return _proc_status_kb("VmRSS")
+
+
+def peak_rss_kb() -> int:
+    """This process's own peak resident set size in KiB: /proc VmHWM. Not getrusage's ru_maxrss: Linux carries
+    that across exec, so a child started by subprocess reports the parent's peak when it was larger."""
+    return _proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def child_length_run(spec: dict) -> dict:
@@ -286,7 +297,7 @@ def child_length_run(spec: dict) -> dict:
     synchronize(device)
     seconds = time.perf_counter() - t0
     result = {"seconds": seconds, "frames_out": out_frames, "rss_before_kb": rss_before,
-              "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # KiB on Linux
+              "max_rss_kb": peak_rss_kb()}
     if device == "cuda":
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     return result

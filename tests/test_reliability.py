@@ -310,3 +310,26 @@ def test_an_interrupt_stops_within_one_step_frees_the_buffers_and_the_next_run_w
     ref_images, ref_audio, want_out, _ = reference
     out, _ = run(model, ref_images, FPS, ref_audio)
     assert torch.equal(out, want_out)
+
+
+# --------------------------------------------------------------------------------------------- no mouth
+
+
+def _landscape(n=6, h=48, w=64):
+    """Sky over green hills: no face anywhere."""
+    y = torch.linspace(0, 1, h).view(1, h, 1, 1)
+    x = torch.linspace(0, 1, w).view(1, 1, w, 1)
+    hills = (y > 0.6 + 0.1 * torch.sin(6 * x)).float()
+    sky, grass = torch.tensor([0.5, 0.7, 1.0]), torch.tensor([0.2, 0.6, 0.2])
+    return (hills * grass + (1 - hills) * sky).expand(n, h, w, 3).contiguous()
+
+
+@pytest.mark.parametrize("make", [lambda: torch.zeros(6, 48, 64, 3), lambda: torch.ones(6, 48, 64, 3), _landscape],
+                         ids=["black", "white", "landscape"])
+def test_frames_without_a_mouth_complete_with_uniform_guidance_and_a_warning(model, make, caplog):
+    images = make()
+    with caplog.at_level("WARNING"):
+        out, _ = run(model, images, FPS, audio())
+    assert out.shape == (6, 48, 64, 3) and bool(torch.isfinite(out).all())
+    assert any("no face or mouth found" in r.getMessage() and "uniform guidance" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
