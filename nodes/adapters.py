@@ -31,7 +31,7 @@ from ..omnisync_model.codec import Codec, make_codec
 from ..omnisync_model.flow import progressive_init
 from ..omnisync_model.guidance import DSCFG
 from ..omnisync_model.lipsync_file import fit_audio
-from ..omnisync_model.locate import MouthTrack, locate_mouths
+from ..omnisync_model.locate import MouthLocator, MouthTrack
 from ..omnisync_model.model import OmniSyncModel
 from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, guided_denoise,
                                        latent_first_frames, lipsync, mouth_map, plan_for_codec, to_float_frames,
@@ -286,10 +286,16 @@ def uniform_track(n_frames: int) -> MouthTrack:
                       confidence=torch.zeros(n_frames))
 
 
-def locate_track(frames: torch.Tensor) -> MouthTrack:
-    """The built-in locator; never aborts (falls back to a uniform track with a warning)."""
+def locate_track(frames: torch.Tensor, check_interrupt: Optional[Callable[[], None]] = None) -> MouthTrack:
+    """The built-in locator, fed a chunk at a time with an interrupt check after each; never aborts (falls back to
+    a uniform track with a warning)."""
     try:
-        return locate_mouths(frames)
+        locator = MouthLocator()
+        for start in range(0, frames.shape[0], locator.options.chunk):
+            locator.add(frames[start:start + locator.options.chunk])
+            if check_interrupt is not None:
+                check_interrupt()
+        return locator.finish()
     except (ValueError, RuntimeError) as exc:
         log.warning("OmniSync mouth locator failed (%s); using the frame centre with uniform guidance", exc)
         return uniform_track(frames.shape[0])
@@ -459,7 +465,7 @@ def lipsync_images(model: OmniSyncModel, images: torch.Tensor, fps: Any, audio: 
     n, height, width = frames.shape[:3]
     codec = codec_for(model, vae, after_vae=hooks.after_vae)
     windows = plan_for_codec(n, options, codec.temporal_factor)
-    track = mouth if mouth is not None else locate_track(frames)
+    track = mouth if mouth is not None else locate_track(frames, hooks.check_interrupt)
     centres, valid = track_arrays(track, n)
     if hooks.prepare is not None:
         model = hooks.prepare(window_tokens(windows[0].length, height, width, codec, model.config.patch_size))
@@ -554,13 +560,14 @@ class CropInfo:
 
 
 def crop_faces(images: torch.Tensor, side: int, multiple: int, scale: float = 1.6, smooth_frames: int = 9,
-               mouth: Any = None) -> tuple[torch.Tensor, CropInfo, MouthTrack]:
+               mouth: Any = None, check_interrupt: Optional[Callable[[], None]] = None
+               ) -> tuple[torch.Tensor, CropInfo, MouthTrack]:
     """The OmniSyncFaceCrop node without ComfyUI: IMAGE [F,H,W,C] -> (crops [F,h,w,3] with the longer crop side
     ``side`` rounded to ``multiple``, the crop boxes, the mouth track in crop coordinates). A missing track is
     located (never aborts)."""
     frames = image_to_frames(images)
     n, height, width = frames.shape[:3]
-    track = mouth if mouth is not None else locate_track(frames)
+    track = mouth if mouth is not None else locate_track(frames, check_interrupt)
     if len(track) != n:
         raise ValueError(f"the mouth track has {len(track)} frames but images has {n}; connect the "
                          f"OmniSyncMouthRegion made from these frames")

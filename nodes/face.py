@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..omnisync_model.codec import make_codec
 from .adapters import CropInfo, crop_faces, paste_faces
-from .runtime import output_device
+from .runtime import interrupt_check, output_device
 from .types import CATEGORY, OmniCrop, OmniModel, OmniMouth
 
 DEFAULT_RESOLUTION = 256  # when a checkpoint does not state the resolution it was trained at
@@ -67,7 +67,8 @@ class OmniSyncFaceCrop(io.ComfyNode):
     def execute(cls, model, images, scale: float = 1.6, smooth_frames: int = 9, size: int = 0,
                 mouth=None) -> io.NodeOutput:
         side, multiple = model_resolution(model, size)
-        crops, info, crop_mouth = crop_faces(images, side, multiple, scale, smooth_frames, mouth)
+        crops, info, crop_mouth = crop_faces(images, side, multiple, scale, smooth_frames, mouth,
+                                              check_interrupt=interrupt_check())
         return io.NodeOutput(crops.to(output_device()), info, crop_mouth)
 
 

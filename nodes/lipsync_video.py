@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
@@ -59,7 +61,7 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
                 window: int, overlap: int, w_peak: float, w_base: float, radius: float, gamma: float,
                 vae=None) -> io.NodeOutput:
         options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
-        scratch = f"{folder_paths.get_temp_directory()}/{SUBFOLDER}"
+        scratch = os.path.join(folder_paths.get_temp_directory(), SUBFOLDER)
         copy = None
         try:
             if isinstance(video, InputImpl.VideoFromFile):

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..omnisync_model.locate import MouthTrack, mask_to_mouths, mouth_mask_preview
 from .adapters import fit_mask_count, image_to_frames, locate_track, uniform_track
-from .runtime import output_device
+from .runtime import interrupt_check, output_device
 from .types import CATEGORY, OmniMouth
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,6 @@ class OmniSyncMouthRegion(io.ComfyNode):
     def execute(cls, images, preview_radius: float = 0.08, mask=None) -> io.NodeOutput:
         frames = image_to_frames(images)
         n, height, width = frames.shape[:3]
-        track = mask_track(mask, n) if mask is not None else locate_track(frames)
+        track = mask_track(mask, n) if mask is not None else locate_track(frames, interrupt_check())
         preview = mouth_mask_preview(track, height, width, float(preview_radius))
         return io.NodeOutput(track, preview.to(output_device()))

@@ -55,6 +55,11 @@ def progress_hooks(total: int) -> tuple[Callable[[int, int], None], Callable[[],
     return progress, mm.throw_exception_if_processing_interrupted
 
 
+def interrupt_check() -> Callable[[], None]:
+    """The function that raises when the user pressed Cancel (for long loops outside sampling)."""
+    return mm.throw_exception_if_processing_interrupted
+
+
 def output_device() -> torch.device:
     return mm.intermediate_device()
 

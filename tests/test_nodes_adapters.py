@@ -377,3 +377,21 @@ def test_sampler_inputs_explain_wrong_connections(model):
     inputs = A.sampler_inputs(A.noise_latent(wrong, 0.5, 0), wrong, enc)
     with pytest.raises(ValueError, match="model expects 48"):
         A.sample_latent(model, enc, inputs, 1, GUIDE.DSCFG())
+
+
+def test_locate_track_checks_for_interrupts_per_chunk_and_matches_the_locator():
+    frames = _frames(n=130, size=24)
+    calls = []
+    track = A.locate_track(frames, lambda: calls.append(1))
+    assert len(calls) == 3  # chunks of 64 frames
+    want = LOCATE.locate_mouths(frames)
+    assert torch.equal(track.centres, want.centres) and torch.equal(track.valid, want.valid)
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    with pytest.raises(Stop):  # an interrupt is never taken for a locator failure
+        A.locate_track(frames, stop)
