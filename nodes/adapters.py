@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..omnisync_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ..omnisync_model.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, all_finite, check_rate, check_waveform
 from ..omnisync_model.codec import Codec, make_codec
 from ..omnisync_model.flow import progressive_init
 from ..omnisync_model.guidance import DSCFG
 from ..omnisync_model.lipsync_file import fit_audio
-from ..omnisync_model.locate import MouthLocator, MouthTrack
+from ..omnisync_model.locate import MouthLocator, MouthTrack, uniform_track
 from ..omnisync_model.model import OmniSyncModel
 from ..omnisync_model.pipeline import (AudioInput, FrameSource, LipSyncOptions, WindowAudio, guided_denoise,
                                        latent_first_frames, lipsync, mouth_map, plan_for_codec, to_float_frames,
@@ -69,12 +68,6 @@ def image_to_frames(image: torch.Tensor, name: str = "images") -> torch.Tensor:
     return to_float_frames(image, name)
 
 
-def all_finite(x: torch.Tensor) -> bool:
-    """True when no element is NaN or Inf. A finite sum proves it in one pass with no copy (sum(dtype=float64)
-    would cast the whole tensor first); only when the sum overflows is every element checked."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-
-
 def check_fps(fps: Any) -> float:
     """A frame rate as a positive finite float (FLOAT widget, int or Fraction); clear ValueError otherwise."""
     try:
@@ -100,16 +93,9 @@ def audio_from_comfy(audio: Mapping[str, Any], name: str = "audio") -> tuple[tor
     if wave.dim() != 2 or wave.shape[-1] == 0:
         raise ValueError(f"{name} waveform must be [batch, channels, samples] with samples > 0, "
                          f"got {list(audio['waveform'].shape)}")
-    rate = audio["sample_rate"]
-    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not float(rate).is_integer() \
-            or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"{name} sample_rate must be a whole number of Hz in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}, "
-                         f"got {rate!r}")
-    if not wave.is_floating_point():
-        raise ValueError(f"{name} waveform must hold float samples in -1..1, got {wave.dtype}")
-    if not all_finite(wave):
-        raise ValueError(f"{name} waveform contains NaN or Inf samples")
-    return wave.float(), int(rate)
+    rate = check_rate(audio["sample_rate"], f"{name} sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+    check_waveform(wave, f"{name} waveform")
+    return wave.float(), rate
 
 
 def audio_to_comfy(wave: torch.Tensor, sample_rate: int) -> dict:
@@ -151,15 +137,38 @@ def features_from_encoder_output(output: Mapping[str, Any]) -> tuple[torch.Tenso
     return feats.float(), ENCODER_FEATURE_RATE
 
 
+NO_AUDIO = "connect an audio input (AUDIO) or audio_features (AUDIO_ENCODER_OUTPUT)"
+
+
 def audio_input(audio: Optional[Mapping[str, Any]], features: Optional[Mapping[str, Any]]) -> AudioInput:
     """The pipeline's audio from an AUDIO and/or an AUDIO_ENCODER_OUTPUT (the features win when both are given)."""
     if features is not None:
-        feats, rate = features_from_encoder_output(features)
-        return AudioInput(features=feats, feature_rate=rate)
+        return _features_input(features)
     if audio is None:
-        raise ValueError("connect an audio input (AUDIO) or audio_features (AUDIO_ENCODER_OUTPUT)")
+        raise ValueError(NO_AUDIO)
     wave, rate = audio_from_comfy(audio)
     return AudioInput(waveform=wave, sample_rate=rate)
+
+
+def speech_inputs(audio: Optional[Mapping[str, Any]], features: Optional[Mapping[str, Any]], n_frames: int,
+                  fps: float) -> tuple[AudioInput, dict]:
+    """(the pipeline's audio, the AUDIO output fitted to n_frames / fps), reading and checking the AUDIO once.
+
+    The features win when both are given; with features only, the AUDIO output is silence (warning)."""
+    if audio is None:
+        if features is None:
+            raise ValueError(NO_AUDIO)
+        log.warning("OmniSync: only audio_features connected; the audio output is silence")
+        return _features_input(features), silent_audio(n_frames, fps)
+    wave, rate = audio_from_comfy(audio)
+    fitted = audio_to_comfy(fit_audio(wave, rate, n_frames, check_fps(fps)), rate)
+    source = _features_input(features) if features is not None else AudioInput(waveform=wave, sample_rate=rate)
+    return source, fitted
+
+
+def _features_input(features: Mapping[str, Any]) -> AudioInput:
+    feats, rate = features_from_encoder_output(features)
+    return AudioInput(features=feats, feature_rate=rate)
 
 
 # --------------------------------------------------------------------------------------------- OMNISYNC_AUDIO
@@ -279,13 +288,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 # --------------------------------------------------------------------------------------------- mouth tracks
 
 
-def uniform_track(n_frames: int) -> MouthTrack:
-    """No mouth information: frame centres, all invalid (the sampler then guides uniformly)."""
-    return MouthTrack(centres=torch.full((n_frames, 2), 0.5), valid=torch.zeros(n_frames, dtype=torch.bool),
-                      face_boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n_frames, 1),
-                      confidence=torch.zeros(n_frames))
-
-
 def locate_track(frames: torch.Tensor, check_interrupt: Optional[Callable[[], None]] = None) -> MouthTrack:
     """The built-in locator, fed a chunk at a time with an interrupt check after each; never aborts (falls back to
     a uniform track with a warning)."""
@@ -386,7 +388,6 @@ class VAECodec:
         self._used()
         return images.reshape(-1, *images.shape[-3:]).float().clamp(0, 1)  # [1,T',H,W,3] -> [T',H,W,3]
 
-
     def _used(self) -> None:
         if self.after_use is not None:
             self.after_use()
@@ -460,15 +461,14 @@ def lipsync_images(model: OmniSyncModel, images: torch.Tensor, fps: Any, audio: 
     """
     frames = image_to_frames(images)
     fps = check_fps(fps)
-    wave_input = audio_input(audio, audio_features)
-    fitted = fit_audio_to_video(audio, frames.shape[0], fps)
     n, height, width = frames.shape[:3]
+    wave_input, fitted = speech_inputs(audio, audio_features, n, fps)
     codec = codec_for(model, vae, after_vae=hooks.after_vae)
-    windows = plan_for_codec(n, options, codec.temporal_factor)
     track = mouth if mouth is not None else locate_track(frames, hooks.check_interrupt)
     centres, valid = track_arrays(track, n)
     if hooks.prepare is not None:
-        model = hooks.prepare(window_tokens(windows[0].length, height, width, codec, model.config.patch_size))
+        first = plan_for_codec(n, options, codec.temporal_factor)[0]
+        model = hooks.prepare(window_tokens(first.length, height, width, codec, model.config.patch_size))
     out = torch.empty((n, height, width, 3), dtype=torch.float32, device=hooks.output_device)
     lipsync_into(out, frames, fps, wave_input, model, codec, options, mouth_centres=centres, mouth_valid=valid,
                  progress=hooks.progress, check_interrupt=hooks.check_interrupt)
@@ -544,7 +544,6 @@ def sample_latent(model: OmniSyncModel, audio: EncodedAudio, inputs: SamplerInpu
     out, _ = guided_denoise(model, x, src, tokens, gmap, inputs.tau, int(steps), shift, cfg, on_step=on_step)
     out = out[..., :hw[0], :hw[1]]
     return latent_from_5d(out, inputs.image_batch, temporal_factor=inputs.temporal_factor)
-
 
 
 # --------------------------------------------------------------------------------------------- face crop / paste

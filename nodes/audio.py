@@ -7,7 +7,7 @@ import logging
 
 from comfy_api.latest import io
 
-from .adapters import audio_input, encode_audio, fit_audio_to_video, image_to_frames, silent_audio
+from .adapters import encode_audio, image_to_frames, speech_inputs
 from .runtime import output_device, prepare_model
 from .types import CATEGORY, OmniAudio, OmniModel
 
@@ -53,13 +53,8 @@ class OmniSyncAudioEncode(io.ComfyNode):
     def execute(cls, model, fps: float, frame_count: int, audio=None, audio_features=None,
                 images=None) -> io.NodeOutput:
         n_frames = image_to_frames(images).shape[0] if images is not None else int(frame_count)
-        source = audio_input(audio, audio_features)
+        source, fitted = speech_inputs(audio, audio_features, n_frames, fps)
         omni = prepare_model(model)
         encoded = encode_audio(omni, source, fps, n_frames)
         encoded = dataclasses.replace(encoded, tokens=encoded.tokens.to(output_device()))
-        if audio is not None:
-            fitted = fit_audio_to_video(audio, n_frames, fps)
-        else:
-            log.warning("OmniSyncAudioEncode: only audio_features connected; the audio output is silence")
-            fitted = silent_audio(n_frames, fps)
         return io.NodeOutput(encoded, fitted)

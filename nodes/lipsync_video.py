@@ -12,7 +12,7 @@ from .adapters import make_options
 from .runtime import comfy_hooks
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel
-from .video_adapters import REGIONS, lipsync_video_file, remove_quietly, spool_stream, write_frames_file
+from .video_adapters import REGIONS, lipsync_video_file, spool_stream, write_frames_file
 
 SUBFOLDER = "omnisync"
 
@@ -73,5 +73,6 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
             result = lipsync_video_file(model.model.omnisync, source, audio, scratch, options, region=region,
                                         blend=blend, size=size, vae=vae, hooks=comfy_hooks(model))
         finally:
-            remove_quietly(copy)
+            if copy is not None:
+                copy.unlink(missing_ok=True)
         return io.NodeOutput(InputImpl.VideoFromFile(str(result.path)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
@@ -14,7 +13,8 @@ import comfy.model_patcher
 import comfy.ops
 import folder_paths
 
-from ..omnisync_model.weights import ASSETS_DIR, DEMO_CHECKPOINT, CheckpointError, load_checkpoint, read_shapes
+from ..omnisync_model.weights import (ASSETS_DIR, DEMO_CHECKPOINT, CheckpointError, checkpoint_parameters,
+                                      load_checkpoint)
 from .runtime import OmniSyncHolder
 from .types import CATEGORY, OmniModel
 
@@ -68,7 +68,7 @@ def load_patcher(name: str, weight_dtype: str):
     stat = os.stat(path)
     load_device = mm.get_torch_device()
     try:
-        n_params = sum(math.prod(shape) for shape in read_shapes(path).values())
+        n_params = checkpoint_parameters(path)
     except CheckpointError as exc:
         raise CheckpointError(f"cannot load OmniSync checkpoint {name!r}: {exc}") from exc
     dtype = pick_dtype(weight_dtype, n_params, load_device)

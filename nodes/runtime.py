@@ -52,7 +52,7 @@ def progress_hooks(total: int) -> tuple[Callable[[int, int], None], Callable[[],
     def progress(done: int, total_steps: int) -> None:
         bar.update_absolute(done, total_steps)
 
-    return progress, mm.throw_exception_if_processing_interrupted
+    return progress, interrupt_check()
 
 
 def interrupt_check() -> Callable[[], None]:
@@ -67,11 +67,6 @@ def output_device() -> torch.device:
 def comfy_hooks(patcher) -> NodeHooks:
     """NodeHooks for the one-node paths: load through the memory manager, one progress bar over every step of every
     window (the pipeline passes the total), interrupts, outputs on the intermediate device."""
-    bar = comfy.utils.ProgressBar(1)
-
-    def progress(done: int, total: int) -> None:
-        bar.update_absolute(done, total)
-
+    progress, check = progress_hooks(1)
     return NodeHooks(prepare=lambda tokens: prepare_model(patcher, tokens), progress=progress,
-                     check_interrupt=mm.throw_exception_if_processing_interrupted,
-                     after_vae=lambda: reload_model(patcher), output_device=output_device())
+                     check_interrupt=check, after_vae=lambda: reload_model(patcher), output_device=output_device())

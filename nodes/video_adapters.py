@@ -16,11 +16,11 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 import torch
 
-from ..omnisync_model.lipsync_file import VideoResult, lipsync_video
+from ..omnisync_model.lipsync_file import VideoResult, check_blend, lipsync_video
 from ..omnisync_model.model import OmniSyncModel
 from ..omnisync_model.pipeline import LipSyncOptions
 from ..omnisync_model.video_io import VideoWriter, probe_video, to_fraction
@@ -80,6 +80,7 @@ def lipsync_video_file(model: OmniSyncModel, source: Path, audio: Mapping[str, A
     wave, rate = audio_from_comfy(audio)
     if int(size) < 0:
         raise ValueError(f"size must be >= 0 (0 = the model's resolution), got {size}")
+    check_blend(blend)
     codec = codec_for(model, vae, after_vae=hooks.after_vae)
     if hooks.prepare is not None:
         _, _, width, height, _ = probe_video(source)
@@ -90,9 +91,3 @@ def lipsync_video_file(model: OmniSyncModel, source: Path, audio: Mapping[str, A
                            blend=blend, codec=codec, progress=hooks.progress, check_interrupt=hooks.check_interrupt)
     log.info("OmniSync: %s", result.summary())
     return result
-
-
-def remove_quietly(path: Optional[Path]) -> None:
-    """Delete a temporary input copy (missing is fine)."""
-    if path is not None:
-        path.unlink(missing_ok=True)

@@ -67,7 +67,15 @@ _CHUNK_SAMPLES = 1 << 22  # input samples (conv path) / gathered taps (direct pa
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _check_waveform(waveform: torch.Tensor, name: str = "waveform") -> None:
+def all_finite(x: torch.Tensor) -> bool:
+    """True when no element is NaN or Inf. A finite sum proves it in one pass without a copy (much cheaper than
+    isfinite() on an hour of audio or a batch of frames); only when the sum overflows is every element checked."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def check_waveform(waveform: torch.Tensor, name: str = "waveform") -> None:
+    """ValueError naming ``name`` unless ``waveform`` is a non-empty float tensor [N], [C, N] or [B, C, N] of finite
+    samples."""
     if not isinstance(waveform, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(waveform).__name__}")
     if waveform.dim() == 0 or waveform.dim() > 3:
@@ -76,17 +84,16 @@ def _check_waveform(waveform: torch.Tensor, name: str = "waveform") -> None:
         raise ValueError(f"{name} is empty (shape {tuple(waveform.shape)}): the audio has no samples")
     if not waveform.is_floating_point():
         raise ValueError(f"{name} must be floating point (-1..1), got dtype {waveform.dtype}")
-    # a finite sum proves every sample finite and is much cheaper than isfinite() on an hour of audio
-    if not bool(torch.isfinite(waveform.sum())) and not bool(torch.isfinite(waveform).all()):
+    if not all_finite(waveform):
         raise ValueError(f"{name} contains NaN or Inf samples")
 
 
-def _check_rate(rate: object, name: str, low: int = 1, high: Optional[int] = None) -> int:
+def check_rate(rate: object, name: str, low: int = 1, high: Optional[int] = None) -> int:
     """An integer sample rate in [low, high] Hz (ints, integral floats and numpy integers accepted)."""
     ok = isinstance(rate, numbers.Real) and not isinstance(rate, bool) and float(rate).is_integer()
     if not ok or rate < low or (high is not None and rate > high):
-        span = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer number of Hz {span}, got {rate!r}")
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be a whole number of Hz {span}, got {rate!r}")
     return int(rate)
 
 
@@ -99,7 +106,7 @@ def downmix(waveform: torch.Tensor) -> torch.Tensor:
     [N] -> [N];  [C, N] -> [N];  [B, C, N] (ComfyUI AUDIO) -> [B, N], one mono signal per batch item.
     Raises ValueError for empty audio, NaN / Inf, non-float dtypes or more than 3 dims.
     """
-    _check_waveform(waveform)
+    check_waveform(waveform)
     if waveform.dim() == 1:
         return waveform
     return waveform.mean(dim=-2)  # [C, N] -> [N] or [B, C, N] -> [B, N]
@@ -222,8 +229,8 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int, *, use_torchaudi
     gather their taps per output sample instead). Samples past both ends count as zeros. Half-precision input is
     processed in float32. Equal rates return ``waveform`` itself.
     """
-    orig_sr = _check_rate(orig_sr, "orig_sr")
-    new_sr = _check_rate(new_sr, "new_sr")
+    orig_sr = check_rate(orig_sr, "orig_sr")
+    new_sr = check_rate(new_sr, "new_sr")
     if waveform.dim() == 0 or not waveform.is_floating_point():
         raise ValueError(f"waveform must be a floating-point tensor [..., N], got {waveform.dtype} "
                          f"{tuple(waveform.shape)}")
@@ -250,7 +257,7 @@ def prepare_audio(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     waveform: [N], [C, N] or [1, C, N] (a ComfyUI AUDIO waveform with one clip; B > 1 raises ValueError).
     sample_rate: integer Hz in 8000..96000, else ValueError naming the input.
     """
-    sample_rate = _check_rate(sample_rate, "sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+    sample_rate = check_rate(sample_rate, "sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
     mono = downmix(waveform)
     if mono.dim() == 2:
         if mono.shape[0] != 1:

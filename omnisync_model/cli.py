@@ -6,6 +6,7 @@ Errors in arguments or files end with a one-line message on stderr and exit stat
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -26,6 +27,12 @@ class CliError(Exception):
 def emit(text: str) -> None:
     """Print a command's result on stdout (the command line is the one place that prints)."""
     print(text)
+
+
+def write_json(path: Path, result) -> None:
+    """A command's ``--json`` output (folders created; numbers that JSON lacks, e.g. numpy floats, as floats)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=float))
 
 
 class ProgressBar:
@@ -133,7 +140,7 @@ def cmd_lipsync(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device)
     summary = lipsync_file(args.video, args.audio, args.out, model, options, box=args.box, size=args.size,
                            blend=args.blend, progress=ProgressBar("lipsync", not args.quiet))
-    print(summary)
+    emit(summary)
     return 0
 
 
@@ -144,13 +151,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         config, metadata, n_params = read_checkpoint_info(args.checkpoint)
     except (CheckpointError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
-    print(f"checkpoint: {args.checkpoint}")
+    emit(f"checkpoint: {args.checkpoint}")
     for key, value in config.to_dict().items():
-        print(f"  {key}: {value}")
-    print(f"parameters: {n_params:,}")
+        emit(f"  {key}: {value}")
+    emit(f"parameters: {n_params:,}")
     for key, value in sorted(metadata.items()):
         if key != "omnisync_config":
-            print(f"  meta {key}: {value}")
+            emit(f"  meta {key}: {value}")
     return 0
 
 
@@ -166,7 +173,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = OmniSyncModel(config)
     save_checkpoint(args.out, model, metadata={"note": "randomly initialised (untrained)"})
-    print(f"wrote {args.out}: preset {config.name}, {count_parameters(model):,} parameters (untrained)")
+    emit(f"wrote {args.out}: preset {config.name}, {count_parameters(model):,} parameters (untrained)")
     return 0
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .codec import make_codec
-from .bench import Case, measure, synth_case
-from .pipeline import AudioInput, LipSyncOptions, lipsync
+from .bench import Case, measure, sync_case
+from .pipeline import LipSyncOptions
 from .video_io import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,9 @@ def write_png(path: Path, image: torch.Tensor) -> None:
 def mouth_strip(source: torch.Tensor, output: torch.Tensor, boxes: torch.Tensor, every: int, scale: int = 4) -> torch.Tensor:
     """Mouth crops every ``every`` frames: source row above output row, upscaled by ``scale`` -> [H,W,3]."""
     n, h, w, _ = source.shape
-    x0, y0, x1, y1 = boxes.reshape(-1, 4).max(0).values.tolist() if boxes.dim() > 1 else boxes.tolist()
+    b = boxes.reshape(-1, 4)  # [F,4] or [4] -> [F,4]; the strip shows the union of all frames' boxes
+    x0, y0 = b[:, :2].min(0).values.tolist()
+    x1, y1 = b[:, 2:].max(0).values.tolist()
     pad = 0.35 * (x1 - x0)
     ya, yb = max(0, int((y0 - pad) * h)), min(h, int((y1 + pad) * h) + 1)
     xa, xb = max(0, int((x0 - pad) * w)), min(w, int((x1 + pad) * w) + 1)
@@ -53,10 +54,8 @@ def run_demo(model, out_dir: Path, style: str = "anime", seconds: float = 4.0, s
              options: LipSyncOptions = LipSyncOptions()) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     size = int(model.config.extra.get("resolution", 64))
-    clip, drive, gt = synth_case(Case(style, seed, seconds, 25.0, size))
+    clip, drive, gt, out = sync_case(model, Case(style, seed, seconds, 25.0, size), options)
     frames = clip.frames
-    out = lipsync(frames, 25.0, AudioInput(drive, 16000), model, make_codec(model.config.codec), options,
-                  mouth_centres=clip.mouth_centre)
     figures = measure(out, clip, gt, options)
     side = torch.cat([frames, out], dim=2)  # [F,H,2W,3]
     big = side.repeat_interleave(4, 1).repeat_interleave(4, 2)  # 4x nearest upscale so it is watchable

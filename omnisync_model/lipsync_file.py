@@ -21,13 +21,13 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_rate, check_waveform
 from .codec import Codec, make_codec
 from .locate import LocateOptions, MouthLocator, MouthTrack, mouth_mask_preview
 from .model import OmniSyncModel
 from .pipeline import AudioInput, LipSyncOptions, ProgressFn, iter_lipsync
-from .regions import (Box, crop_boxes_from_track, crop_per_frame, map_track_to_crop, paste_back_per_frame, resize,
-                      working_size)
+from .regions import (Box, crop_boxes_from_track, crop_per_frame, map_track_to_crop, paste_back_per_frame,
+                      repeat_box, resize, working_size)
 from .streams import SequentialFrames
 from .video_io import MediaError, PathLike, VideoWriter, iter_video_frames, probe_video, read_audio
 
@@ -66,20 +66,23 @@ def fit_audio(waveform: torch.Tensor, sample_rate: int, n_frames: int, fps: floa
     return torch.cat((waveform, pad), dim=-1)
 
 
-def check_waveform(waveform: torch.Tensor, sample_rate: int, name: str = "audio") -> torch.Tensor:
-    """[N] or [C,N] float audio, non-empty and finite -> [C,N] float32; ValueError naming ``name`` otherwise."""
+def speech_channels(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """[N] or [C,N] speech -> [C,N] float32; ValueError naming the audio when it is empty, not finite, or at a rate
+    the model does not take."""
     wave = torch.as_tensor(waveform)
     if wave.dim() == 1:
         wave = wave[None]  # [N] -> [1,N]
-    if wave.dim() != 2 or wave.shape[0] < 1 or wave.shape[1] == 0:
-        raise ValueError(f"{name} must be [channels, samples] with samples > 0, got {list(wave.shape)}")
-    if not wave.is_floating_point():
-        raise ValueError(f"{name} must be floating point samples in -1..1, got {wave.dtype}")
-    if not bool(torch.isfinite(wave).all()):
-        raise ValueError(f"{name} contains NaN or Inf samples")
-    if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
-        raise ValueError(f"{name} sample rate must be {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {sample_rate}")
+    if wave.dim() != 2:
+        raise ValueError(f"audio must be [channels, samples], got {list(wave.shape)}")
+    check_waveform(wave, "audio")
+    check_rate(sample_rate, "audio sample rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
     return wave.float()
+
+
+def check_blend(blend: str) -> str:
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    return blend
 
 
 def locate_in_video(video: PathLike, work: int = LOCATE_SIZE, options: LocateOptions = LocateOptions(),
@@ -104,7 +107,7 @@ def plan_boxes(box: Optional[str], track: MouthTrack, height: int, width: int) -
     if box == "auto":
         return crop_boxes_from_track(track, (height, width))
     region = Box.parse(box).check(height, width) if box else Box(0, 0, width, height)
-    return torch.tensor([[region.x, region.y, region.w, region.h]]).repeat(len(track), 1)
+    return repeat_box(region, len(track))
 
 
 def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out: PathLike, model: OmniSyncModel,
@@ -119,9 +122,8 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
     pixels); 'box' takes the whole box. Pixels outside the box are never touched before encoding. ``codec``: the
     model's pixel codec unless given (e.g. a VAE).
     """
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
-    wave = check_waveform(waveform, sample_rate)
+    check_blend(blend)
+    wave = speech_channels(waveform, sample_rate)
     probed, fps, width, height, _ = probe_video(video)
     track = locate_in_video(video, on_chunk=(lambda _done: check_interrupt()) if check_interrupt else None)
     n = len(track)  # frames that really decode (a container's count can be off)
@@ -140,7 +142,6 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
     crops = SequentialFrames(_cropped(video, boxes, hw), n)
     fulls = _frames_one_by_one(iter_video_frames(video, READ_CHUNK))
     audio_out = fit_audio(wave, sample_rate, n, float(fps))
-    written = 0
     with VideoWriter(out, fps, width, height, audio=(audio_out, sample_rate)) as writer:
         for start, result in iter_lipsync(crops, float(fps), AudioInput(waveform=wave, sample_rate=sample_rate),
                                           model, codec, options, mouth_centres=crop_track.centres,
@@ -150,9 +151,6 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
             full = torch.stack([next(fulls) for _ in range(k)])  # [k,H,W,3] originals
             weights = _blend_weights(blend, crop_track, start, k, hw)
             writer.write(paste_back_per_frame(full, result, boxes[start:start + k], weights=weights))
-            written += k
-        if written != n:
-            raise RuntimeError(f"wrote {written} frames, expected {n}")  # the writer then deletes its file
     return VideoResult(Path(out), n, fps, width, height, audio_out.shape[-1] / sample_rate, found)
 
 

@@ -603,6 +603,12 @@ def reject_outliers(centres: torch.Tensor, boxes: torch.Tensor, valid: torch.Ten
     return valid & ((centres - med).norm(dim=1) <= (0.3 * size).clamp(min=0.02))
 
 
+def uniform_track(n_frames: int) -> MouthTrack:
+    """No mouth information: frame centres, all invalid (guidance is then uniform), whole-frame face boxes."""
+    return MouthTrack(torch.full((n_frames, 2), 0.5), torch.zeros(n_frames, dtype=torch.bool),
+                      torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n_frames, 1), torch.zeros(n_frames))
+
+
 def finish_track(centres: torch.Tensor, boxes: torch.Tensor, confidence: torch.Tensor, valid: torch.Tensor,
                  smooth_frames: int, outlier_frames: int = 0) -> MouthTrack:
     """Drop outliers (see :func:`reject_outliers`, off when ``outlier_frames`` < 3), fill invalid frames from their
@@ -612,9 +618,7 @@ def finish_track(centres: torch.Tensor, boxes: torch.Tensor, confidence: torch.T
     if not bool(valid.any()):
         log.warning("no face or mouth found in any of %d frames: using the frame centre and uniform guidance",
                     centres.shape[0])
-        n = centres.shape[0]
-        return MouthTrack(torch.full((n, 2), 0.5), torch.zeros(n, dtype=torch.bool),
-                          torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(n, 1), torch.zeros(n))
+        return uniform_track(centres.shape[0])
     valid = reject_outliers(centres, boxes, valid, outlier_frames)
     both = fill_invalid(torch.cat([centres, boxes], 1), valid)  # [F,6]
     both = median_smooth(both, smooth_frames)

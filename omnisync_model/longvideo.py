@@ -36,14 +36,11 @@ TARGET_RATIO = 1.2
 
 def write_long_clip(path: Path, seconds: float, size: int, seed: int = 7) -> Path:
     """A ``seconds`` long talking-face clip at ``size`` px and 25 fps with speech: an 8 s loop, written in chunks."""
-    from .synthetic import ClipSpec, make_clip, make_speech, mouth_opening
+    from .synthetic import make_talking_clip
 
-    n_loop = int(LOOP_S * FPS)
-    speech, _ = make_speech(seed, LOOP_S)
-    clip = make_clip(ClipSpec(seed=seed, style="cartoon", n_frames=n_loop, fps=FPS, size=128),
-                     mouth_opening(speech, 16000, FPS, n_loop))
+    clip, _, _ = make_talking_clip(seed, "cartoon", LOOP_S, FPS, 128)
     frames = (resize(clip.frames, (size, size)) * 255).round().to(torch.uint8)  # [L,size,size,3]
-    total = int(round(seconds * FPS))
+    n_loop, total = frames.shape[0], int(round(seconds * FPS))
     with VideoWriter(path, FPS, size, size, preset="ultrafast", crf=23) as writer:
         for start in range(0, total, n_loop):
             writer.write(frames[: min(n_loop, total - start)])
@@ -93,13 +90,12 @@ def run_benchmark(work: Path, minutes: tuple[float, float], size: int, steps: in
     work.mkdir(parents=True, exist_ok=True)
     runs = {}
     for m in minutes:
-        clip = work / f"clip_{m:g}min.mp4"
-        if not _is_clip(clip, int(round(m * 60 * FPS)), size):  # a clip from an earlier run is reused
+        clip, want = work / f"clip_{m:g}min.mp4", int(round(m * 60 * FPS))
+        if not _is_clip(clip, want, size):  # a clip from an earlier run is reused
             write_long_clip(clip, m * 60, size)
         spec = {"video": str(clip), "out": str(work / f"synced_{m:g}min.mp4"), "seconds": m * 60, "steps": steps,
                 "threads": torch.get_num_threads()}
         run = run_child(spec, "omnisync_model.longvideo")
-        want = int(round(m * 60 * FPS))
         run["ok_frames"] = run["frames_out"] == run["frames_file"] == want
         run["ok_audio"] = abs(run["audio_s"] - want / FPS) < 0.05  # AAC pads to whole 1024-sample frames
         runs[f"{m:g}min"] = run
@@ -132,12 +128,11 @@ def register_cli(sub) -> None:
 
 
 def _cmd_longvideo(args: argparse.Namespace) -> int:
-    from .cli import emit
+    from .cli import emit, write_json
 
     report = run_benchmark(args.work, tuple(args.minutes), args.size, args.steps)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     emit(format_report(report))
     return 0 if report["ok"] else 1
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-_LUMA_709 = (0.2126, 0.7152, 0.0722)
+LUMA_709 = (0.2126, 0.7152, 0.0722)
 _LUMA_601 = (0.299, 0.587, 0.114)
 
 
@@ -39,7 +39,7 @@ def _cpu(x: torch.Tensor) -> torch.Tensor:
 
 def _box_mask(box: torch.Tensor, n_frames: int, height: int, width: int, margin: float = 0.0) -> torch.Tensor:
     """Normalised boxes [F, 4] or [4] (dilated by ``margin`` on each side) -> bool mask [F, H, W]."""
-    box = torch.as_tensor(box, dtype=torch.float64).reshape(-1, 4).expand(n_frames, 4)  # [F, 4]
+    box = _cpu(box).reshape(-1, 4).expand(n_frames, 4)  # [F, 4]
     box = box + torch.tensor([-margin, -margin, margin, margin], dtype=torch.float64)
     xs = (torch.arange(width, dtype=torch.float64) + 0.5) / width
     ys = (torch.arange(height, dtype=torch.float64) + 0.5) / height
@@ -69,7 +69,7 @@ def estimate_mouth_opening(
     count = inside.sum(1)
     if bool((count == 0).any()):
         logger.warning("estimate_mouth_opening: %d frame(s) have an empty mouth box", int((count == 0).sum()))
-    lum = _luma(frames, _LUMA_709).flatten(1)  # [F, H*W]
+    lum = _luma(frames, LUMA_709).flatten(1)  # [F, H*W]
     ref = torch.nanquantile(torch.where(inside, lum, torch.nan), quantile, dim=1, keepdim=True)  # [F, 1]
     dark = ((ref.nan_to_num(0.0) - lum) / (ref.nan_to_num(1.0) - dark_level).clamp_min(0.05)).clamp(0.0, 1.0)
     area = (dark * inside).sum(1)  # [F] pixels
@@ -78,8 +78,7 @@ def estimate_mouth_opening(
 
 def pearson_r(a, b) -> float:
     """Pearson correlation of two equal-length sequences; 0.0 (with a warning) when either is constant."""
-    x = np.asarray(torch.as_tensor(a).detach().cpu().double().reshape(-1))
-    y = np.asarray(torch.as_tensor(b).detach().cpu().double().reshape(-1))
+    x, y = _cpu(a).reshape(-1).numpy(), _cpu(b).reshape(-1).numpy()
     if x.shape != y.shape:
         raise ValueError(f"pearson_r: lengths differ ({x.size} vs {y.size})")
     if x.size < 2 or _is_constant(x) or _is_constant(y):

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import math
-import os
 import platform
 import resource
 import statistics
@@ -43,9 +43,8 @@ from .config import get_preset
 from .flow import sigma_schedule
 from .guidance import DSCFG, temporal_weight
 from .model import OmniSyncModel, count_parameters
-from .pipeline import AudioInput, LipSyncOptions, _RunStats, iter_lipsync, lipsync
+from .pipeline import AudioInput, LipSyncOptions, _RunStats, iter_lipsync, lipsync, plan_for_codec
 from .streams import SequentialFrames
-from .windows import plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -218,14 +217,24 @@ def build_model(preset: str, device="cpu", dtype=torch.float32, seed: int = 0) -
     return model
 
 
+@functools.lru_cache(maxsize=4)
+def lipsync_inputs(n: int, size: int) -> tuple[torch.Tensor, AudioInput]:
+    """The synthetic frames and speech for ``n`` frames (made once: call it before timing, runs then reuse it)."""
+    return synthetic_frames(n, size), AudioInput(synthetic_speech(n / FPS))
+
+
 def run_lipsync(model, n: int, size: int, options: LipSyncOptions = LipSyncOptions(), stats=None) -> torch.Tensor:
-    frames = synthetic_frames(n, size)
-    audio = AudioInput(synthetic_speech(n / FPS))
+    frames, audio = lipsync_inputs(n, size)
     return lipsync(frames, FPS, audio, model, PixelCodec(4), options, stats=stats)
 
 
 def windows_for(n: int, options: LipSyncOptions):
-    return plan_windows(n, options.window, options.overlap)
+    return plan_for_codec(n, options, PixelCodec(4).temporal_factor)
+
+
+def frames_processed(n: int, options: LipSyncOptions) -> int:
+    """Window frames the model sees for ``n`` video frames (overlapping frames count once per window)."""
+    return sum(w.length for w in windows_for(n, options))
 
 
 # ----------------------------------------------------------------------------------------- pipeline overhead
@@ -236,6 +245,7 @@ def measure_pipeline_overhead(preset: str, settings: PerfSettings) -> dict:
     sz = settings.sizes
     model = build_model(preset, settings.device, settings.dtype)
     run_lipsync(model, 16, sz.overhead_size)  # warm-up: allocator, thread pool, first-call costs
+    lipsync_inputs(sz.overhead_frames, sz.overhead_size)  # inputs made outside the timed runs
     totals, forwards, calls = [], [], 0
     with ForwardTimer(model) as timer:
         for _ in range(sz.repeats):
@@ -306,7 +316,7 @@ def child_length_run(spec: dict) -> dict:
 def run_child(spec: dict, module: str = "omnisync_model.perf") -> dict:
     """Run ``python -m module --child SPEC`` in a fresh process (its own peak RSS); returns its last stdout line."""
     cmd = [sys.executable, "-m", module, "--child", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ))
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{module} child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -358,7 +368,7 @@ def expected_frame_evaluations(n_frames: int, options: LipSyncOptions, gmap_max:
     """Independent count of frame-evaluations for a run (pixel codec): per window, steps + guided steps."""
     per_window = options.steps + (options.steps if options.guidance.force_uncond
                                   else steps_needing_uncond(options, gmap_max))
-    return sum(w.length for w in windows_for(n_frames, options)) * per_window
+    return frames_processed(n_frames, options) * per_window
 
 
 def evaluation_counts(options: LipSyncOptions) -> dict:
@@ -389,7 +399,7 @@ def measure_evaluations(settings: PerfSettings) -> dict:
     saving = 1.0 - ours / both
     counts = evaluation_counts(opts)
     target = (1.0 - TARGETS["eval_saving"]) * both
-    frames_done = sum(w.length for w in windows_for(n, opts))
+    frames_done = frames_processed(n, opts)
     ok = ours <= target and diff <= EQUAL_OUTPUT_ATOL
     return figure(ours, target, "evals/frame", ok, "lower",
                   saving_vs_always_both=saving, always_both_per_frame=both, max_abs_diff_vs_always_both=diff,
@@ -409,7 +419,7 @@ def measure_evaluations(settings: PerfSettings) -> dict:
 
 
 def mean_overlap_overhead(options: LipSyncOptions, lengths: range) -> float:
-    return statistics.mean(sum(w.length for w in windows_for(n, options)) / n - 1.0 for n in lengths)
+    return statistics.mean(frames_processed(n, options) / n - 1.0 for n in lengths)
 
 
 def measure_overlap(settings: PerfSettings) -> dict:
@@ -418,11 +428,13 @@ def measure_overlap(settings: PerfSettings) -> dict:
     opts, flat = LipSyncOptions(), LipSyncOptions(overlap=0)
     model = build_model("tiny", settings.device, settings.dtype)
     run_lipsync(model, 16, sz.overlap_size)
+    lipsync_inputs(n, sz.overlap_size)  # inputs made outside the timed runs
+
     def run(o: LipSyncOptions) -> float:
         return timed(lambda: run_lipsync(model, n, sz.overlap_size, o), settings.device)
 
     times = interleaved({"overlap": lambda: run(opts), "no_overlap": lambda: run(flat)}, sz.repeats)
-    frames_done = sum(w.length for w in windows_for(n, opts))
+    frames_done = frames_processed(n, opts)
     value = frames_done / n - 1.0
     time_overhead = median(times["overlap"]) / median(times["no_overlap"]) - 1.0
     asymptotic = opts.window / (opts.window - opts.overlap) - 1.0
@@ -527,6 +539,7 @@ def _cuda_throughput_figure(preset, model, tokens_per_s, details, settings) -> d
     if preset in PIXEL_PRESETS:
         n = settings.sizes.eval_frames
         run_lipsync(model, 16, 512)
+        lipsync_inputs(n, 512)  # inputs made outside the timed run
         details["frames_per_s_512"] = n / timed(lambda: run_lipsync(model, n, 512), "cuda")
     else:
         details["dit_frames_per_s_512_wan_latent"] = _base_frames_per_s(model)
@@ -710,7 +723,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .cli import CliError, emit, resolve_device
+    from .cli import CliError, emit, resolve_device, write_json
 
     resolve_device(args.device)  # CliError when CUDA is asked for but absent
     try:
@@ -724,8 +737,7 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     emit(format_table(result))
     emit(f"({result['run']['seconds']:.0f}s, {result['run']['threads']} threads, device {args.device})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0
 
 

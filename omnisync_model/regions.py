@@ -62,7 +62,7 @@ def resize(frames: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def crop(frames: torch.Tensor, box: Box, hw: tuple[int, int]) -> torch.Tensor:
     """Crop ``box`` from float or uint8 frames [F,H,W,3] and resize it to ``hw``: float32 [F,h,w,3]."""
-    return crop_per_frame(frames, _repeat(box, frames.shape[0]), hw)
+    return crop_per_frame(frames, repeat_box(box, frames.shape[0]), hw)
 
 
 PASTE_CHUNK = 16  # frames cropped / blended at once
@@ -104,7 +104,7 @@ def paste_back(full: torch.Tensor, result: torch.Tensor, box: Box, feather: int 
 
     ``full`` may be uint8 or float; the output has its dtype. Only pixels inside the box can change.
     """
-    return paste_back_per_frame(full, result, _repeat(box, full.shape[0]), feather)
+    return paste_back_per_frame(full, result, repeat_box(box, full.shape[0]), feather)
 
 
 def paste_back_per_frame(full: torch.Tensor, result: torch.Tensor, boxes: torch.Tensor,
@@ -134,7 +134,7 @@ def _paste_group(out, full, result, boxes, idx, bw, bh, feather, weights, is_u8)
     mask = feather_mask(bh, bw, feather).to(orig.device)  # [bh,bw,1]
     res = match_colour(resize(result[idx].to(orig.device), (bh, bw)), orig, mask)
     if weights is not None:  # per-pixel blend weights [n,h'',w''] -> [n,bh,bw,1]
-        mask = mask * resize(weights[idx].unsqueeze(-1).expand(-1, -1, -1, 3), (bh, bw))[..., :1].to(orig.device)
+        mask = mask * resize(weights[idx].unsqueeze(-1), (bh, bw)).to(orig.device)
     blended = mask * res + (1 - mask) * orig
     if is_u8:
         blended = (blended * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -156,7 +156,8 @@ def check_boxes(boxes: torch.Tensor, n: int, height: int, width: int) -> torch.T
     return b
 
 
-def _repeat(box: Box, n: int) -> torch.Tensor:
+def repeat_box(box: Box, n: int) -> torch.Tensor:
+    """The same box for n frames: [n,4] (x, y, w, h)."""
     return torch.tensor([[box.x, box.y, box.w, box.h]], dtype=torch.long).repeat(n, 1)  # [n,4]
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .metrics import LUMA_709
+
 logger = logging.getLogger(__name__)
 
 STYLES = ("realistic", "cartoon", "anime", "animal", "sketch")
@@ -39,7 +41,6 @@ RANGE_DB = 30.0  # RMS levels at or above FLOOR_DB + RANGE_DB map to a fully ope
 _MOUTH_PAD_PX = 1.5  # mouth box margin around the drawn lips, in pixels
 _CHUNK = 128  # frames rendered at once (bounds memory on long clips)
 _STREAM_SPEECH, _STREAM_POSE, _STREAM_LOOK, _STREAM_BG, _STREAM_BLINK, _STREAM_OCC = range(1, 7)
-_LUMA = (0.2126, 0.7152, 0.0722)  # BT.709, also used by metrics.estimate_mouth_opening
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -266,7 +267,7 @@ def _tuple(c) -> tuple[float, float, float]:
 def _lift(c, min_lum: float) -> tuple[float, float, float]:
     """Mix a colour toward white until its luminance is at least ``min_lum``."""
     c = np.clip(np.asarray(c, dtype=float), 0.0, 1.0)
-    lum = float(np.dot(_LUMA, c))
+    lum = float(np.dot(LUMA_709, c))
     if lum < min_lum:
         c = c + (1.0 - c) * (min_lum - lum) / (1.0 - lum)
     return _tuple(c)

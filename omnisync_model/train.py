@@ -32,12 +32,13 @@ from .codec import PixelCodec
 from .config import get_preset
 from .flow import noisy_sample, velocity_target
 from .model import OmniSyncModel, count_parameters
+from .pipeline import LipSyncOptions
 from .synthetic import ClipSpec, make_clip, make_speech, mouth_opening
 from .weights import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-AUDIO_MARGIN_S = 1.0  # audio context on each side of a window (LipSyncOptions.audio_margin_s)
+AUDIO_MARGIN_S = LipSyncOptions().audio_margin_s  # audio context on each side of a window, as at inference
 TRAIN_STYLES = ("realistic", "cartoon", "anime", "animal")  # "sketch" is held out for the benchmark
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import logging
+import math
 import os
 import re
 import struct
@@ -351,8 +351,11 @@ def default_checkpoint() -> Optional[Path]:
     return path if path.is_file() else None
 
 
+def checkpoint_parameters(path: PathLike) -> int:
+    """Parameter count of a checkpoint from its header alone (no tensor is loaded)."""
+    return sum(math.prod(shape) for shape in read_shapes(path).values())
+
+
 def read_checkpoint_info(path: PathLike) -> tuple[OmniSyncConfig, dict[str, str], int]:
     """(config, metadata, parameter count) from the header alone, without loading tensors."""
-    shapes = read_shapes(path)
-    n_params = sum(math.prod(shape) for shape in shapes.values())
-    return read_config(path), read_metadata(path), n_params
+    return read_config(path), read_metadata(path), checkpoint_parameters(path)

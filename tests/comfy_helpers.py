@@ -6,19 +6,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 import wave
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -135,6 +132,7 @@ class ComfyServer:
         self.models_dir = self.base / "models"
         self.log_path = self.base / "server.log"
         self.proc: Optional[subprocess.Popen] = None
+        self._log = None  # the server's log file while it runs
         self.client_id = uuid.uuid4().hex
 
     def prepare(self) -> None:
@@ -173,7 +171,7 @@ class ComfyServer:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
         self.proc = None
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
             self._log = None
 
@@ -235,18 +233,6 @@ class ComfyServer:
         return files
 
 
-@contextmanager
-def comfy_server(comfy_path: Path, python: str) -> Iterator[ComfyServer]:
-    base = Path(tempfile.mkdtemp(prefix="omnisync_comfy_"))
-    server = ComfyServer(comfy_path, python, base)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def history_error(history: dict) -> str:
     for event, data in history.get("status", {}).get("messages", []):
         if event == "execution_error":
@@ -263,11 +249,9 @@ def history_events(history: dict) -> list[str]:
 
 def talking_clip(seconds: float, fps: float, size: int = 64, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """A synthetic talking face: (frames [F,size,size,3] float 0..1, speech [N] at 16 kHz driving the lips)."""
-    from omnisync_model.synthetic import ClipSpec, make_clip, make_speech, mouth_opening
+    from omnisync_model.synthetic import make_talking_clip
 
-    n = int(round(seconds * fps))
-    speech, _ = make_speech(seed, seconds)
-    clip = make_clip(ClipSpec(seed=seed, n_frames=n, fps=fps, size=size), mouth_opening(speech, 16000, fps, n))
+    clip, speech, _ = make_talking_clip(seed, "realistic", seconds, fps, size)
     return clip.frames, speech
 
 

@@ -18,6 +18,7 @@ CONFIG = pack_module("omnisync_model.config")
 MODEL = pack_module("omnisync_model.model")
 VIDEO_IO = pack_module("omnisync_model.video_io")
 PIPELINE = pack_module("omnisync_model.pipeline")
+LIPSYNC_FILE = pack_module("omnisync_model.lipsync_file")
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_an_interrupt_stops_within_a_step_and_leaves_no_file(tmp_path, model, cl
         pass
 
     checks, steps_done = [], []
-    locate_chunks = -(-n // 16)  # the locator pass checks once per decoded chunk of 16 frames
+    locate_chunks = -(-n // LIPSYNC_FILE.READ_CHUNK)  # the locator pass checks once per decoded chunk
 
     def check():
         checks.append(1)
