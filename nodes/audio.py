@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from comfy_api.latest import io
 
-from .adapters import encode_audio, image_to_frames, speech_inputs
-from .runtime import output_device, prepare_model
+from .adapters.audio import encode_audio, speech_inputs
+from .adapters.frames import image_to_frames
+from .runtime import prepare_model
 from .types import CATEGORY, OmniAudio, OmniModel
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,5 @@ class OmniSyncAudioEncode(io.ComfyNode):
                 images=None) -> io.NodeOutput:
         n_frames = image_to_frames(images).shape[0] if images is not None else int(frame_count)
         source, fitted = speech_inputs(audio, audio_features, n_frames, fps)
-        omni = prepare_model(model)
-        encoded = encode_audio(omni, source, fps, n_frames)
-        encoded = dataclasses.replace(encoded, tokens=encoded.tokens.to(output_device()))
+        encoded = encode_audio(prepare_model(model), source, fps, n_frames)
         return io.NodeOutput(encoded, fitted)

@@ -14,6 +14,7 @@ from .loader import OmniSyncModelLoader
 from .mouth import OmniSyncMouthRegion
 from .sampling import OmniSyncNoiseInit, OmniSyncSampler
 from .vae import OmniSyncPixelVAE
+from .windows import OmniSyncWindowSplit, OmniSyncWindowStitch
 
 NODES: list[type[io.ComfyNode]] = [
     OmniSyncModelLoader,
@@ -26,6 +27,8 @@ NODES: list[type[io.ComfyNode]] = [
     OmniSyncFaceCrop,
     OmniSyncFacePaste,
     OmniSyncPixelVAE,
+    OmniSyncWindowSplit,
+    OmniSyncWindowStitch,
 ]
 
 

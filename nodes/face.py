@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..omnisync_model.codec import make_codec
-from .adapters import CropInfo, crop_faces, paste_faces
+from .adapters.faces import CropInfo, crop_faces, paste_faces
 from .runtime import interrupt_check, output_device
 from .types import CATEGORY, OmniCrop, OmniModel, OmniMouth
 
@@ -19,13 +18,12 @@ DEFAULT_RESOLUTION = 256  # when a checkpoint does not state the resolution it w
 
 def model_resolution(patcher, size: int) -> tuple[int, int]:
     """(crop side, size multiple) for the model: its training resolution unless ``size`` > 0."""
-    cfg = patcher.model.omnisync.config
-    try:
-        factor = make_codec(cfg.codec).spatial_factor
-    except ValueError:
-        factor = 8  # VAE-based models: every common video VAE compresses 8x or 16x
-    side = int(size) if int(size) > 0 else int(cfg.extra.get("resolution", DEFAULT_RESOLUTION))
-    return side, factor * cfg.patch_size
+    backend = patcher.model.backend
+    codec = backend.default_codec()
+    factor = codec.spatial_factor if codec is not None else 8  # VAE models: common VAEs compress 8x (or 16x)
+    native = backend.crop_rules.resolution
+    side = int(size) if int(size) > 0 else (max(native) if native else DEFAULT_RESOLUTION)
+    return side, factor * backend.patch_size
 
 
 class OmniSyncFaceCrop(io.ComfyNode):

@@ -6,7 +6,7 @@ import logging
 
 from comfy_api.latest import io
 
-from .adapters import lipsync_images, make_options
+from .adapters.lipsync import lipsync_images, make_options
 from .runtime import comfy_hooks
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel, OmniMouth
@@ -64,6 +64,6 @@ class OmniSyncLipSync(io.ComfyNode):
                 overlap: int, w_peak: float, w_base: float, radius: float, gamma: float, vae=None, mouth=None,
                 audio_features=None) -> io.NodeOutput:
         options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
-        frames, fitted = lipsync_images(model.model.omnisync, images, fps, audio, options, vae=vae, mouth=mouth,
+        frames, fitted = lipsync_images(model.model.backend, images, fps, audio, options, vae=vae, mouth=mouth,
                                         audio_features=audio_features, hooks=comfy_hooks(model))
         return io.NodeOutput(frames, fitted)

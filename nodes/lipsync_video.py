@@ -7,12 +7,12 @@ import os
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
-from ..omnisync_model.lipsync_file import BLENDS
-from .adapters import make_options
+from ..omnisync_model.media.lipsync_file import BLENDS
+from .adapters.lipsync import make_options
 from .runtime import comfy_hooks
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel
-from .video_adapters import REGIONS, lipsync_video_file, spool_stream, write_frames_file
+from .adapters.video import REGIONS, lipsync_video_file, spool_stream, write_frames_file
 
 SUBFOLDER = "omnisync"
 
@@ -70,7 +70,7 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
             else:  # frames in memory (e.g. Create Video after a generator)
                 parts = video.get_components()
                 source = copy = write_frames_file(parts.images, parts.frame_rate, scratch)
-            result = lipsync_video_file(model.model.omnisync, source, audio, scratch, options, region=region,
+            result = lipsync_video_file(model.model.backend, source, audio, scratch, options, region=region,
                                         blend=blend, size=size, vae=vae, hooks=comfy_hooks(model))
         finally:
             if copy is not None:

@@ -13,8 +13,9 @@ import comfy.model_patcher
 import comfy.ops
 import folder_paths
 
-from ..omnisync_model.weights import (ASSETS_DIR, DEMO_CHECKPOINT, CheckpointError, checkpoint_parameters,
-                                      load_checkpoint)
+from ..omnisync_model.backends.registry import load_backend
+from ..omnisync_model.core.checkpoint import CheckpointError, checkpoint_parameters
+from ..omnisync_model.families.omnisync.weights import ASSETS_DIR, DEMO_CHECKPOINT
 from .runtime import OmniSyncHolder
 from .types import CATEGORY, OmniModel
 
@@ -76,13 +77,14 @@ def load_patcher(name: str, weight_dtype: str):
     if key in _CACHE:
         return _CACHE[key]
     try:
-        model = load_checkpoint(path, device="cpu", dtype=dtype, operations=comfy.ops.manual_cast)
+        backend = load_backend(path, device="cpu", dtype=dtype, operations=comfy.ops.manual_cast)
     except CheckpointError as exc:
         raise CheckpointError(f"cannot load OmniSync checkpoint {name!r}: {exc}") from exc
     offload = mm.unet_offload_device()
-    patcher = comfy.model_patcher.ModelPatcher(OmniSyncHolder(model.to(offload)), load_device=load_device,
+    backend.module.to(offload)
+    patcher = comfy.model_patcher.ModelPatcher(OmniSyncHolder(backend), load_device=load_device,
                                                offload_device=offload)
-    log.info("OmniSync: loaded %s (%s, %d parameters, %s)", name, model.config.name, n_params, dtype)
+    log.info("OmniSync: loaded %s (%s backend, %d parameters, %s)", name, backend.name, n_params, dtype)
     _CACHE.clear()  # keep one model: a new file or dtype replaces the old entry
     _CACHE[key] = patcher
     return patcher

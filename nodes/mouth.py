@@ -7,8 +7,9 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..omnisync_model.locate import MouthTrack, mask_to_mouths, mouth_mask_preview, uniform_track
-from .adapters import fit_mask_count, image_to_frames, locate_track
+from ..omnisync_model.media.locate import MouthTrack, mask_to_mouths, mouth_mask_preview, uniform_track
+from .adapters.frames import fit_mask_count, image_to_frames
+from .adapters.tracks import locate_track
 from .runtime import interrupt_check, output_device
 from .types import CATEGORY, OmniMouth
 

@@ -9,35 +9,29 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
-from ..omnisync_model.model import OmniSyncModel
-from .adapters import NodeHooks
+from ..omnisync_model.sampling.backend import Backend
+from .adapters.lipsync import NodeHooks
 
 
 class OmniSyncHolder(torch.nn.Module):
-    """What the ModelPatcher manages: the OmniSync model plus the plain ``device`` attribute ComfyUI writes to.
+    """What the ModelPatcher manages: the backend's module (its weights) plus the plain ``device`` attribute
+    ComfyUI writes to; the backend itself rides along as a plain attribute (not a submodule twice).
 
-    (``OmniSyncModel.device`` is a read-only property, and ModelPatcher assigns ``model.device`` on load.)
+    (``Backend.device`` is a read-only property, and ModelPatcher assigns ``model.device`` on load.)
     """
 
-    def __init__(self, model: OmniSyncModel):
+    def __init__(self, backend: Backend):
         super().__init__()
-        self.omnisync = model
-        self.device = model.device
+        self.weights = backend.module
+        self.backend = backend  # a plain attribute (Backend is not a Module): the weights are registered once
+        self.device = backend.device
 
 
-def inference_memory(model: OmniSyncModel, tokens: int) -> int:
-    """Rough bytes of activations for ``tokens`` latent tokens with DS-CFG (two branches in one batch)."""
-    cfg = model.config
-    per_token = cfg.dim * 4 * (12 + 2 * cfg.ffn_mult)  # float32 activations of one block, with the FFN
-    return int(2 * tokens * per_token * 2)
-
-
-def prepare_model(patcher, tokens: int = 0) -> OmniSyncModel:
-    """Load the model through ComfyUI's memory manager; returns the OmniSync model on its load device."""
-    holder = patcher.model
-    model = holder.omnisync
-    mm.load_models_gpu([patcher], memory_required=inference_memory(model, tokens))
-    return model
+def prepare_model(patcher, tokens: int = 0) -> Backend:
+    """Load the model through ComfyUI's memory manager; returns its backend on the load device."""
+    backend = patcher.model.backend
+    mm.load_models_gpu([patcher], memory_required=backend.inference_memory(tokens))
+    return backend
 
 
 def reload_model(patcher) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..omnisync_model.guidance import DSCFG
-from ..omnisync_model.pipeline import LipSyncOptions
-from .adapters import VAECodec, noise_latent, sample_latent, sampler_inputs
+from ..omnisync_model.sampling.guidance import DSCFG
+from ..omnisync_model.sampling.options import LipSyncOptions
+from .adapters.codecs import VAECodec
+from .adapters.latents import noise_latent, sample_latent, sampler_inputs
 from .runtime import output_device, prepare_model, progress_hooks
-from .types import CATEGORY, OmniAudio, OmniModel, OmniMouth
+from .types import CATEGORY, OmniAudio, OmniModel, OmniMouth, OmniWindow
 
 _DEFAULTS = LipSyncOptions()
 _GUIDANCE = DSCFG()
@@ -55,6 +56,12 @@ def guidance_from(w_peak: float, w_base: float, radius: float, gamma: float) -> 
     return DSCFG(w_peak=float(w_peak), w_base=float(w_base), radius=float(radius), gamma=float(gamma))
 
 
+def window_input() -> OmniWindow.Input:
+    return OmniWindow.Input("window", optional=True,
+                            tooltip="One window from OmniSyncWindowSplit: noise, audio and mouth track are taken at "
+                                    "that window's absolute frames, exactly as OmniSyncLipSync does.")
+
+
 class OmniSyncNoiseInit(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -73,14 +80,19 @@ class OmniSyncNoiseInit(io.ComfyNode):
                              tooltip="The VAE that encoded the source, only to read its temporal compression "
                                      "(video VAEs pack several frames per latent frame). Without it one latent "
                                      "frame is one video frame."),
+                window_input(),
+                OmniModel.Input("model", optional=True,
+                                tooltip="Optional: the model whose own noise rule to use (some families repeat one "
+                                        "noise frame over the window). Without it, noise is drawn per frame."),
             ],
             outputs=[io.Latent.Output("noised", display_name="noised")],
         )
 
     @classmethod
-    def execute(cls, source, tau: float, seed: int, vae=None) -> io.NodeOutput:
+    def execute(cls, source, tau: float, seed: int, vae=None, window=None, model=None) -> io.NodeOutput:
         tf = VAECodec(vae).temporal_factor if vae is not None else 1
-        out = noise_latent(source, tau, seed, tf)
+        backend = model.model.backend if model is not None else None
+        out = noise_latent(source, tau, seed, tf, window=window, backend=backend)
         out["samples"] = out["samples"].to(output_device())
         return io.NodeOutput(out)
 
@@ -93,39 +105,38 @@ class OmniSyncSampler(io.ComfyNode):
             display_name="OmniSync Sampler",
             category=CATEGORY,
             description="Samples the lip-synced latent from a noised latent (OmniSyncNoiseInit) with "
-                        "Dynamic Spatiotemporal CFG around the mouth. Works on the whole clip at once; use "
-                        "OmniSyncLipSync for long videos (it works window by window).",
+                        "Dynamic Spatiotemporal CFG around the mouth. Works on the whole latent at once: for long "
+                        "videos split them with OmniSyncWindowSplit (this node then runs once per window) and "
+                        "join the decoded windows with OmniSyncWindowStitch, or use OmniSyncLipSync.",
             inputs=[
                 OmniModel.Input("model"),
-                OmniAudio.Input("audio", tooltip="From OmniSyncAudioEncode, for the same video."),
+                OmniAudio.Input("audio", tooltip="From OmniSyncAudioEncode, for the same (whole) video."),
                 io.Latent.Input("noised", tooltip="From OmniSyncNoiseInit (carries tau and the seed)."),
                 io.Latent.Input("source", tooltip="The clean source latent that was noised."),
                 OmniMouth.Input("mouth", optional=True,
-                                tooltip="Mouth track from OmniSyncMouthRegion; guidance peaks there. Without it "
-                                        "guidance is uniform over the frame."),
+                                tooltip="Mouth track from OmniSyncMouthRegion (of the whole video); guidance peaks "
+                                        "there. Without it guidance is uniform over the frame."),
                 steps_input(),
                 *guidance_inputs(),
+                window_input(),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent")],
         )
 
     @classmethod
     def execute(cls, model, audio, noised, source, steps: int, w_peak: float, w_base: float, radius: float,
-                gamma: float, mouth=None) -> io.NodeOutput:
-        inputs = sampler_inputs(noised, source, audio)
+                gamma: float, mouth=None, window=None) -> io.NodeOutput:
+        inputs = sampler_inputs(noised, source, audio, window)
+        backend = model.model.backend
         tokens = inputs.source.shape[2] * inputs.source.shape[3] * inputs.source.shape[4]
-        omni = prepare_model(model, tokens // max(1, omni_patch(model) ** 2))
+        backend = prepare_model(model, tokens // max(1, backend.patch_size ** 2))
         progress, check = progress_hooks(steps)
 
         def on_step(done: int) -> None:
             check()
             progress(done, steps)
 
-        out = sample_latent(omni, audio, inputs, steps, guidance_from(w_peak, w_base, radius, gamma), mouth,
-                            on_step=on_step)
+        options = LipSyncOptions(steps=int(steps), guidance=guidance_from(w_peak, w_base, radius, gamma))
+        out = sample_latent(backend, audio, inputs, steps, options, mouth, on_step=on_step, window=window)
         out["samples"] = out["samples"].to(output_device())
         return io.NodeOutput(out)
-
-
-def omni_patch(patcher) -> int:
-    return patcher.model.omnisync.config.patch_size

@@ -4,7 +4,8 @@ from comfy_api.latest import io
 
 CATEGORY = "OmniSync"
 
-OmniModel = io.Custom("OMNISYNC_MODEL")  # a ModelPatcher around the OmniSync DiT + audio encoder
-OmniAudio = io.Custom("OMNISYNC_AUDIO")  # adapters.EncodedAudio: audio tokens aligned to the video frames
+OmniModel = io.Custom("OMNISYNC_MODEL")  # a ModelPatcher around a backend's weights (runtime.OmniSyncHolder)
+OmniAudio = io.Custom("OMNISYNC_AUDIO")  # adapters.audio.EncodedAudio: the speech, ready for any window
 OmniMouth = io.Custom("OMNISYNC_MOUTH")  # a mouth track: per-frame centres (normalised x, y) and validity
 OmniCrop = io.Custom("OMNISYNC_CROP")  # per-frame face boxes of OmniSyncFaceCrop, for OmniSyncFacePaste
+OmniWindow = io.Custom("OMNISYNC_WINDOW")  # adapters.windows.WindowSlot: one window of a split video

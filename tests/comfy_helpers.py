@@ -249,14 +249,14 @@ def history_events(history: dict) -> list[str]:
 
 def talking_clip(seconds: float, fps: float, size: int = 64, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """A synthetic talking face: (frames [F,size,size,3] float 0..1, speech [N] at 16 kHz driving the lips)."""
-    from omnisync_model.synthetic import make_talking_clip
+    from omnisync_model.training.synthetic import make_talking_clip
 
     clip, speech, _ = make_talking_clip(seed, "realistic", seconds, fps, size)
     return clip.frames, speech
 
 
 def write_video(path: Path, frames: torch.Tensor, fps: float, speech: Optional[torch.Tensor] = None) -> Path:
-    from omnisync_model.video_io import VideoWriter
+    from omnisync_model.media.video_io import VideoWriter
 
     audio = (speech[None].float(), 16000) if speech is not None else None
     with VideoWriter(path, fps, frames.shape[2], frames.shape[1], audio=audio) as writer:
@@ -277,7 +277,7 @@ def write_wav(path: Path, waveform: torch.Tensor, sample_rate: int) -> Path:
 
 def speech_wav(path: Path, seconds: float, sample_rate: int = 44100, seed: int = 11) -> Path:
     """Stereo speech at ``sample_rate`` (exercises downmixing and resampling)."""
-    from omnisync_model.synthetic import make_speech
+    from omnisync_model.training.synthetic import make_speech
 
     speech, _ = make_speech(seed, seconds, sample_rate=sample_rate)
     return write_wav(path, torch.stack([speech, 0.8 * speech]), sample_rate)

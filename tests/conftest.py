@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnisync_model.config import get_preset
-from omnisync_model.model import OmniSyncModel
+from omnisync_model.families.omnisync.config import get_preset
+from omnisync_model.families.omnisync.model import OmniSyncModel
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"

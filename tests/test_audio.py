@@ -1,4 +1,4 @@
-"""Tests for omnisync_model.audio: downmix, resampling, log-mel, encoder / adapter modules and alignment."""
+"""Tests for omnisync_model.core.audio: downmix, resampling, log-mel, encoder / adapter modules and alignment."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnisync_model import audio as A
+from omnisync_model.core import audio as A
+from omnisync_model.families.omnisync import audio_encoder as E
+from omnisync_model.families.omnisync.audio_encoder import AudioEncoder
 
 
 def _sine(freq: float, rate: int, seconds: float, amp: float = 0.8, n: int | None = None) -> torch.Tensor:
@@ -261,7 +263,7 @@ class _CountingOps:
 
 def test_audio_encoder_shapes_and_operations():
     ops = _CountingOps()
-    enc = A.AudioEncoder(n_mels=80, dim=48, layers=2, operations=ops)
+    enc = AudioEncoder(n_mels=80, dim=48, layers=2, operations=ops)
     layer_types = (nn.Linear, nn.Conv1d, nn.LayerNorm)
     assert len(ops.built) == sum(isinstance(mod, layer_types) for mod in enc.modules()) == 2 + 2 * 6 + 1
     assert enc.layers[0].attn.heads == 2
@@ -275,7 +277,7 @@ def test_audio_encoder_shapes_and_operations():
 
 
 def test_audio_encoder_normalisation_and_dtype():
-    enc = A.AudioEncoder(dim=24, layers=1, heads=3, dtype=torch.float64)
+    enc = AudioEncoder(dim=24, layers=1, heads=3, dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in enc.parameters())
     wave = torch.randn(1, 4000) * 0.1
     expect = enc(((A.log_mel(wave) + 4.0) / 4.0).double())
@@ -284,7 +286,7 @@ def test_audio_encoder_normalisation_and_dtype():
 
 def test_self_attention_matches_multihead_attention():
     torch.manual_seed(0)
-    attn = A.SelfAttention(32, 4)
+    attn = E.SelfAttention(32, 4)
     mha = nn.MultiheadAttention(32, 4, batch_first=True)
     with torch.no_grad():
         mha.in_proj_weight.copy_(attn.qkv.weight)
@@ -296,7 +298,7 @@ def test_self_attention_matches_multihead_attention():
 
 
 def test_sinusoidal_positions():
-    table = A.sinusoidal_positions(5, 8)
+    table = E.sinusoidal_positions(5, 8)
     assert table.shape == (5, 8)
     assert torch.allclose(table[0], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1.0]))
     assert torch.allclose(table[3, 0], torch.tensor(math.sin(3.0)))
@@ -305,7 +307,7 @@ def test_sinusoidal_positions():
 
 def test_feature_adapter_formula():
     ops = _CountingOps()
-    adapter = A.FeatureAdapter(1280, 48, operations=ops)
+    adapter = E.FeatureAdapter(1280, 48, operations=ops)
     assert len(ops.built) == 3
     x = torch.randn(2, 7, 1280)
     expect = F.linear(F.gelu(F.linear(F.layer_norm(x, (1280,)), adapter.fc1.weight, adapter.fc1.bias)),

@@ -1,11 +1,11 @@
 """The synthetic benchmark: JSON structure on a tiny model, and the shipped demo model's sync on held-out clips."""
 
-from omnisync_model.bench import ABLATIONS, METRIC_KEYS, make_cases, run_benchmark, run_case
-from omnisync_model.config import get_preset
-from omnisync_model.model import OmniSyncModel
-from omnisync_model.pipeline import LipSyncOptions
-from omnisync_model.synthetic import STYLES
-from omnisync_model.weights import default_checkpoint, load_checkpoint
+from omnisync_model.training.bench import ABLATIONS, METRIC_KEYS, make_cases, run_benchmark, run_case
+from omnisync_model.families.omnisync.config import get_preset
+from omnisync_model.families.omnisync.model import OmniSyncModel
+from omnisync_model.sampling.pipeline import LipSyncOptions
+from omnisync_model.training.synthetic import STYLES
+from omnisync_model.families.omnisync.weights import default_checkpoint, load_checkpoint
 
 
 def test_benchmark_structure_on_a_fresh_model():
@@ -19,7 +19,7 @@ def test_benchmark_structure_on_a_fresh_model():
 
 
 def test_held_out_cases_never_use_training_seeds():
-    from omnisync_model.train import TrainConfig
+    from omnisync_model.training.train import TrainConfig
 
     tc = TrainConfig()
     cases = make_cases(STYLES, 3, 2.0, 25.0, 64)

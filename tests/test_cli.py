@@ -8,8 +8,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from omnisync_model.cli import main
-from omnisync_model.video_io import VideoWriter, probe_video, read_audio
+from omnisync_model.cli.main import main
+from omnisync_model.media.video_io import VideoWriter, probe_video, read_audio
 
 
 def write_clip(path, n=9, fps=Fraction(25), hw=32, seconds=None):
@@ -84,8 +84,8 @@ def test_errors_are_one_line(tmp_path, ckpt, argv, message):
 
 def test_auto_box_on_a_talking_face(tmp_path, ckpt):
     """--box auto locates the face of a synthetic talking clip; only the mouth region may change (blend=mouth)."""
-    from omnisync_model.synthetic import make_talking_clip
-    from omnisync_model.video_io import read_video
+    from omnisync_model.training.synthetic import make_talking_clip
+    from omnisync_model.media.video_io import read_video
 
     clip, wave, sr = make_talking_clip(3, "cartoon", 0.6, 25.0, 128)
     video, out = tmp_path / "face.mp4", tmp_path / "out.mp4"

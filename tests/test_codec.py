@@ -1,9 +1,9 @@
-"""Tests for omnisync_model.codec: PixelCodec round trip and layout, frame counts, padding and cropping."""
+"""Tests for omnisync_model.core.codec: PixelCodec round trip and layout, frame counts, padding and cropping."""
 
 import pytest
 import torch
 
-from omnisync_model.codec import (Codec, PixelCodec, crop_back, latent_frame_count, make_codec,
+from omnisync_model.core.codec import (Codec, PixelCodec, crop_back, latent_frame_count, make_codec,
                                   pad_frames_to_codec)
 
 

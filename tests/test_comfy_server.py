@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 NODE_IDS = ["OmniSyncModelLoader", "OmniSyncAudioEncode", "OmniSyncMouthRegion", "OmniSyncNoiseInit",
             "OmniSyncSampler", "OmniSyncLipSync", "OmniSyncLipSyncVideo", "OmniSyncFaceCrop", "OmniSyncFacePaste",
-            "OmniSyncPixelVAE"]
+            "OmniSyncPixelVAE", "OmniSyncWindowSplit", "OmniSyncWindowStitch"]
 WORKFLOW_FILES = ["lipsync_basic.json", "lipsync_long_video.json", "lipsync_step_by_step.json",
                   "lipsync_after_video_generator.json", "lipsync_video_file.json"]
 FPS = 25.0
@@ -36,9 +36,9 @@ DEMO = "omnisync_small_demo.safetensors"
 
 def _place_checkpoint(models_dir: Path) -> None:
     """Use the shipped demo checkpoint when present, else save a small untrained one under its name."""
-    from omnisync_model.config import get_preset
-    from omnisync_model.model import OmniSyncModel
-    from omnisync_model.weights import default_checkpoint, save_checkpoint
+    from omnisync_model.families.omnisync.config import get_preset
+    from omnisync_model.families.omnisync.model import OmniSyncModel
+    from omnisync_model.families.omnisync.weights import default_checkpoint, save_checkpoint
 
     if default_checkpoint() is not None:
         return  # the server finds it in the pack's assets folder
@@ -93,7 +93,7 @@ def _run(server, workflow, prompt, timeout=600):
 
 
 def _check_video(server, history, frames, fps, audio_s):
-    from omnisync_model.video_io import probe_video, read_audio
+    from omnisync_model.media.video_io import probe_video, read_audio
 
     files = server.saved_files(history)
     assert len(files) == 1 and files[0].is_file(), files
@@ -194,6 +194,43 @@ def test_step_by_step_workflow_with_a_vae(server, object_info):
     workflow, prompt = _prompt(object_info, "lipsync_step_by_step.json")
     history = _run(server, workflow, prompt)
     _check_video(server, history, frames=50, fps=25, audio_s=SHORT_S)
+
+
+def _saved_latent(server, history, node):
+    from safetensors.torch import load_file
+
+    items = history["outputs"][node]["latents"]
+    assert len(items) == 1, items
+    return load_file(str(server.output_dir / items[0]["subfolder"] / items[0]["filename"]))["latent_tensor"]
+
+
+def test_split_and_stitch_nodes_equal_the_one_node_path(server, object_info):
+    """The step-by-step workflow (OmniSyncWindowSplit -> VAEEncode -> NoiseInit -> Sampler -> VAEDecode, once per
+    window, -> OmniSyncWindowStitch) on 50 frames in 4 windows gives the frames OmniSyncLipSync gives with the same
+    settings. Both results go through the lossless pixel VAE into SaveLatent, so they are compared as floats."""
+    workflow, prompt = _prompt(object_info, "lipsync_step_by_step.json", steps=2)
+    split = nodes_of_type(prompt, "OmniSyncWindowSplit")[0]
+    stitch = nodes_of_type(prompt, "OmniSyncWindowStitch")[0]
+    sampler = prompt[nodes_of_type(prompt, "OmniSyncSampler")[0]]["inputs"]
+    noise = prompt[nodes_of_type(prompt, "OmniSyncNoiseInit")[0]]["inputs"]
+    assert (prompt[split]["inputs"]["window"], prompt[split]["inputs"]["overlap"]) == (16, 2)  # 50 frames: 4 windows
+    images = prompt[split]["inputs"]["images"]
+    vae = nodes_of_type(prompt, "OmniSyncPixelVAE")[0]
+    prompt["900"] = {"class_type": "LoadAudio", "inputs": {"audio": "omnisync_speech.wav"}}
+    prompt["901"] = {"class_type": "OmniSyncLipSync", "inputs": {
+        "model": sampler["model"], "images": images, "fps": 25.0, "audio": ["900", 0],
+        "mouth": sampler["mouth"], "tau": noise["tau"], "steps": 2, "seed": noise["seed"], "window": 16, "overlap": 2,
+        **{k: sampler[k] for k in ("w_peak", "w_base", "radius", "gamma")}}}
+    for nid, source in (("910", [stitch, 0]), ("920", ["901", 0])):
+        prompt[nid] = {"class_type": "VAEEncode", "inputs": {"pixels": source, "vae": [vae, 0]}}
+        prompt[str(int(nid) + 1)] = {"class_type": "SaveLatent",
+                                     "inputs": {"samples": [nid, 0], "filename_prefix": f"split/{nid}"}}
+    history = _run(server, workflow, prompt)
+    assert re.search(r"lip sync \(omnisync\): 50 frames at 25.000 fps in 4 window", server.log_tail(200_000))
+    stitched, one_node = _saved_latent(server, history, "911"), _saved_latent(server, history, "921")
+    assert stitched.shape == one_node.shape and stitched.shape[0] == 50  # pixel-VAE latents, one per frame
+    diff = float((stitched - one_node).abs().max()) / 2  # latent = 2 * pixel - 1: halve for pixels
+    assert diff < 1e-5, diff
 
 
 def test_long_video_workflow_in_windows(server, object_info):

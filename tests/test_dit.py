@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from omnisync_model.config import PRESETS, OmniSyncConfig, get_preset
-from omnisync_model.dit import OmniSyncDiT
-from omnisync_model.layers import apply_rope, attention, grid_positions, rope_angles
-from omnisync_model.model import OmniSyncModel, count_parameters
+from omnisync_model.families.omnisync.config import PRESETS, OmniSyncConfig, get_preset
+from omnisync_model.families.omnisync.dit import OmniSyncDiT
+from omnisync_model.core.layers import apply_rope, attention, grid_positions, rope_angles
+from omnisync_model.families.omnisync.model import OmniSyncModel, count_parameters
 
 from conftest import randomize_zero_inits
 
@@ -213,7 +213,7 @@ def test_parameter_counts_on_meta_device():
 
 def test_source_x0_prediction_is_exact_copy_at_init():
     """With prediction='source_x0' a fresh model predicts x0 = source, so Euler from any tau returns the source."""
-    from omnisync_model.flow import euler_sample, progressive_init, sigma_schedule
+    from omnisync_model.sampling.flow import euler_sample, progressive_init, sigma_schedule
 
     cfg = get_preset("tiny").replace(prediction="source_x0")
     model = OmniSyncModel(cfg).eval()

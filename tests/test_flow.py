@@ -1,11 +1,11 @@
-"""Tests for omnisync_model.flow: schedule, progressive init, seeded noise, path maths, Euler sampler."""
+"""Tests for omnisync_model.sampling.flow: schedule, progressive init, seeded noise, path maths, Euler sampler."""
 
 import math
 
 import pytest
 import torch
 
-from omnisync_model.flow import (
+from omnisync_model.sampling.flow import (
     euler_sample,
     noisy_sample,
     progressive_init,

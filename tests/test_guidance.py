@@ -1,14 +1,17 @@
-"""Tests for omnisync_model.guidance (DS-CFG) with a fake linear model that counts its calls."""
+"""Tests for omnisync_model.sampling.guidance (DS-CFG) with a fake linear model that counts its calls."""
 
 import math
 
 import pytest
 import torch
 
-from omnisync_model.flow import euler_sample, sigma_schedule
-from omnisync_model.guidance import (
+from omnisync_model.sampling.flow import euler_sample, sigma_schedule
+from omnisync_model.sampling.guidance import (
     DSCFG,
-    GuidedVelocity,
+    Guidance,
+    GuidedDenoiser,
+    chain_combine,
+    ds_cfg_guidance,
     combine,
     guidance_weight,
     needs_uncond,
@@ -162,7 +165,25 @@ def test_combine_broadcasts_weight_per_pixel():
         combine(v_c, v_u, torch.ones(T, H, W + 1))
 
 
-# ---- GuidedVelocity ------------------------------------------------------------------------------------
+# ---- GuidedDenoiser with DS-CFG ------------------------------------------------------------------------
+
+
+def _denoiser(model, src, audio):
+    """A backend-style denoise(x, sigma, cond, branches) around the fake model: branch-major batch, "uncond"
+    drops the audio."""
+
+    def denoise(x, sigma, cond, branches):
+        n, b = len(branches), x.shape[0]
+        drop = torch.tensor([br == "uncond" for br in branches for _ in range(b)])  # [n*B]
+        sig = torch.full((n * b,), float(sigma))
+        return model(torch.cat([x] * n), torch.cat([src] * n), sig, torch.cat([audio] * n),
+                     drop_audio=drop if bool(drop.any()) else None)
+
+    return denoise
+
+
+def _guided(model, src, audio, gmap, sigma_start, cfg):
+    return GuidedDenoiser(_denoiser(model, src, audio), None, ds_cfg_guidance(gmap, sigma_start, cfg))
 
 
 @pytest.mark.parametrize("sigma", [0.9, 0.3, 0.0])
@@ -172,7 +193,7 @@ def test_uniform_map_equals_plain_cfg(sigma):
     cfg = DSCFG.static(4.0)
     gmap = spatial_map(*_centred(), H, W, cfg)
     assert torch.equal(gmap, torch.ones(T, H, W))
-    out = GuidedVelocity(model, src, audio, gmap, 0.92, cfg)(x, sigma, 0)
+    out = _guided(model, src, audio, gmap, 0.92, cfg)(x, sigma, 0)
     v_c, v_u = _branches(model, x, src, audio, sigma)
     assert not torch.allclose(v_c, v_u)
     assert torch.allclose(out, v_u + 4.0 * (v_c - v_u), atol=1e-5)
@@ -182,7 +203,7 @@ def test_weight_one_gives_conditional_branch_single_call():
     model = FakeModel()
     x, src, audio = _inputs()
     cfg = DSCFG.static(1.0)
-    gv = GuidedVelocity(model, src, audio, spatial_map(*_centred(), H, W, cfg), 1.0, cfg)
+    gv = _guided(model, src, audio, spatial_map(*_centred(), H, W, cfg), 1.0, cfg)
     out = gv(x, 0.7, 0)
     assert (gv.calls, gv.evaluations) == (1, B)
     assert model.batches == [B] and model.drops == [None]
@@ -190,13 +211,13 @@ def test_weight_one_gives_conditional_branch_single_call():
     assert torch.equal(out, v_c)
 
 
-def test_no_audio_single_call():
+def test_one_branch_guidance_is_that_branch_in_one_call():
     model = FakeModel()
-    x, src, _ = _inputs()
-    cfg = DSCFG()
-    gv = GuidedVelocity(model, src, None, spatial_map(*_centred(), H, W, cfg), 1.0, cfg)
-    gv(x, 1.0, 0)
-    assert (gv.calls, gv.evaluations) == (1, B)
+    x, src, audio = _inputs()
+    gv = GuidedDenoiser(_denoiser(model, src, audio), None, Guidance(("cond",), lambda s, i: []))
+    out = gv(x, 0.5, 0)
+    assert (gv.calls, gv.evaluations) == (1, B) and model.drops == [None]
+    assert torch.equal(out, _branches(model, x, src, audio, 0.5)[0])
 
 
 def test_batched_forward_matches_separate_calls():
@@ -205,11 +226,11 @@ def test_batched_forward_matches_separate_calls():
     cfg = DSCFG(w_peak=3.0, w_base=1.0, radius=0.2)
     centres = torch.tensor([[0.3, 0.4], [0.5, 0.5], [0.7, 0.6], [0.5, 0.5]])
     gmap = spatial_map(centres, torch.tensor([True, True, True, False]), H, W, cfg)
-    gv = GuidedVelocity(model, src, audio, gmap, 0.92, cfg)
+    gv = _guided(model, src, audio, gmap, 0.92, cfg)
     out = gv(x, 0.8, 0)
     assert (gv.calls, gv.evaluations) == (1, 2 * B)
     assert model.batches == [2 * B]
-    assert model.drops == [[False] * B + [True] * B]
+    assert model.drops == [[True] * B + [False] * B]  # chain order: uncond, then cond
     v_c, v_u = _branches(model, x, src, audio, 0.8)
     expect = combine(v_c, v_u, guidance_weight(gmap, 0.8, 0.92, cfg))
     assert torch.allclose(out, expect, atol=1e-5)
@@ -226,7 +247,7 @@ def test_uncond_skipped_exactly_where_weight_is_one(w_peak, gamma, shift):
     cfg = DSCFG(w_peak=w_peak, w_base=1.0, radius=0.15, gamma=gamma)
     gmap = spatial_map(*_centred(), H, W, cfg)  # max g = 1 exactly: the centre lies on a cell centre
     sigmas = sigma_schedule(steps, start=tau, shift=shift)
-    gv = GuidedVelocity(model, src, audio, gmap, tau, cfg)
+    gv = _guided(model, src, audio, gmap, tau, cfg)
     euler_sample(gv, x, sigmas)
     guided = [w_peak * (float(s) / tau) ** gamma * 1.0 > 1.0 for s in sigmas[:-1]]
     assert 0 < sum(guided) < steps  # the test exercises both paths
@@ -242,8 +263,8 @@ def test_force_uncond_runs_both_branches_with_equal_output():
     gmap = spatial_map(*_centred(), H, W, cfg)
     sigmas = sigma_schedule(steps, start=tau)
     skip_model, both_model = FakeModel(), FakeModel()
-    skip = GuidedVelocity(skip_model, src, audio, gmap, tau, cfg)
-    both = GuidedVelocity(both_model, src, audio, gmap, tau, DSCFG(**{**vars(cfg), "force_uncond": True}))
+    skip = _guided(skip_model, src, audio, gmap, tau, cfg)
+    both = _guided(both_model, src, audio, gmap, tau, DSCFG(**{**vars(cfg), "force_uncond": True}))
     out_skip, out_both = euler_sample(skip, x, sigmas), euler_sample(both, x, sigmas)
     guided = sum(3.0 * (float(s) / tau) ** 1.5 > 1.0 for s in sigmas[:-1])
     assert 0 < guided < steps
@@ -258,7 +279,47 @@ def test_shape_checks():
     model = FakeModel()
     x, src, audio = _inputs()
     with pytest.raises(ValueError):
-        GuidedVelocity(model, src, audio, torch.ones(T, H, W + 1), 1.0, DSCFG())
-    gv = GuidedVelocity(model, src, audio, torch.ones(T, H, W), 1.0, DSCFG())
+        _guided(model, src, audio, torch.ones(T, H, W + 1), 1.0, DSCFG())(x, 1.0, 0)
     with pytest.raises(ValueError):
-        gv(x[:1], 0.5, 0)
+        ds_cfg_guidance(torch.ones(T, H, W), 0.0, DSCFG())
+    bad = GuidedDenoiser(lambda x, s, c, br: x, None, ds_cfg_guidance(torch.ones(T, H, W), 1.0, DSCFG()))
+    with pytest.raises(ValueError, match="denoise returned"):
+        bad(x, 1.0, 0)  # two branches asked for, one returned
+
+
+# ---- three-branch chains (X-Dub style) ------------------------------------------------------------------
+
+
+def _three(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, C, T, H, W, generator=g) for _ in range(3)]
+
+
+def _table_denoiser(values, log):
+    names = ("nega", "pr", "pra")
+
+    def denoise(x, sigma, cond, branches):
+        log.append(list(branches))
+        return torch.cat([values[names.index(b)] for b in branches])
+
+    return denoise
+
+
+def test_chain_combine_is_the_three_branch_rule():
+    nega, pr, pra = _three()
+    r, a = 2.5, torch.rand(T, H, W) * 10
+    want = nega + r * (pr - nega) + a * (pra - pr)
+    assert torch.allclose(chain_combine([nega, pr, pra], [r, a]), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights,runs", [((2.5, 7.0), ["nega", "pr", "pra"]), ((1.0, 7.0), ["pr", "pra"]),
+                                          ((1.0, 1.0), ["pra"]), ((3.0, 3.0), ["nega", "pra"])])
+def test_three_branch_chain_runs_only_branches_with_nonzero_coefficients(weights, runs):
+    values = _three(1)
+    log = []
+    gv = GuidedDenoiser(_table_denoiser(values, log), None, Guidance(("nega", "pr", "pra"), lambda s, i: weights))
+    out = gv(torch.zeros(B, C, T, H, W), 0.5, 0)
+    assert log == [runs] and gv.evaluations == B * len(runs)
+    nega, pr, pra = values
+    want = nega + weights[0] * (pr - nega) + weights[1] * (pra - pr)
+    assert torch.allclose(out, want, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests for omnisync_model.locate: the weight-free face / mouth locator, track filling, masks and previews."""
+"""Tests for omnisync_model.media.locate: the weight-free face / mouth locator, track filling, masks and previews."""
 
 import logging
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omnisync_model.locate import (
+from omnisync_model.media.locate import (
     LocateOptions,
     MouthLocator,
     MouthTrack,
@@ -21,7 +21,7 @@ from omnisync_model.locate import (
     mouth_mask_preview,
     reject_outliers,
 )
-from omnisync_model.synthetic import STYLES, ClipSpec, make_clip
+from omnisync_model.training.synthetic import STYLES, ClipSpec, make_clip
 
 from conftest import MEDIA
 
@@ -108,7 +108,7 @@ def test_no_face_falls_back_to_the_centre_without_raising(kind, caplog):
     g = torch.Generator().manual_seed(0)
     frames = {"blank": torch.full((3, 48, 64, 3), 0.6), "noise": torch.rand(3, 80, 64, 3, generator=g),
               "landscape": _landscape(3, 72, 128), "black": torch.zeros(3, 40, 40, 3)}[kind]
-    with caplog.at_level(logging.WARNING, logger="omnisync_model.locate"):
+    with caplog.at_level(logging.WARNING, logger="omnisync_model.media.locate"):
         track = locate_mouths(frames)
     assert not bool(track.valid.any())
     assert torch.equal(track.centres, torch.full((3, 2), 0.5))
@@ -245,7 +245,7 @@ REAL = MEDIA / "talking_head_25fps.mp4"
 
 @pytest.mark.skipif(not REAL.exists(), reason="shared media not available")
 def test_real_clip_face_box_holds_the_mouth():
-    from omnisync_model.video_io import iter_video_frames
+    from omnisync_model.media.video_io import iter_video_frames
 
     frames = next(iter_video_frames(REAL, chunk=30, max_frames=30))  # [30,1920,1080,3]
     assert frames.shape[1:3] == (1920, 1080)

@@ -5,9 +5,9 @@ The memory target itself (peak RSS of 10 minutes within 1.2x of 1 minute) is mea
 
 import json
 
-from omnisync_model.cli import main
-from omnisync_model.longvideo import format_report, run_benchmark, speech_waveform
-from omnisync_model.video_io import probe_video
+from omnisync_model.cli.main import main
+from omnisync_model.cli.longvideo import format_report, run_benchmark, speech_waveform
+from omnisync_model.media.video_io import probe_video
 
 
 def test_speech_waveform_is_made_in_pieces_of_the_right_total_length():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from omnisync_model import metrics as M
-from omnisync_model import synthetic as S
+from omnisync_model.training import metrics as M
+from omnisync_model.training import synthetic as S
 
 
 def _frames(n=4, size=32, seed=0):
@@ -27,7 +27,7 @@ def test_pearson_known_values(caplog):
     assert M.pearson_r(a, 3 * a + 2) == pytest.approx(1.0, abs=1e-12)
     assert M.pearson_r(a, -2 * a + 1) == pytest.approx(-1.0, abs=1e-12)
     assert M.pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    with caplog.at_level(logging.WARNING, logger="omnisync_model.metrics"):
+    with caplog.at_level(logging.WARNING, logger="omnisync_model.training.metrics"):
         assert M.pearson_r(a, torch.full((5,), 0.3)) == 0.0
     assert "constant" in caplog.text
     with pytest.raises(ValueError):

@@ -13,13 +13,20 @@ import torch
 from conftest import randomize_zero_inits
 from comfy_helpers import pack_module
 
-A = pack_module("nodes.adapters")
-P = pack_module("omnisync_model.pipeline")
-CODEC = pack_module("omnisync_model.codec")
-GUIDE = pack_module("omnisync_model.guidance")
-LOCATE = pack_module("omnisync_model.locate")
-CONFIG = pack_module("omnisync_model.config")
-MODEL = pack_module("omnisync_model.model")
+AU = pack_module("nodes.adapters.audio")
+CO = pack_module("nodes.adapters.codecs")
+FR = pack_module("nodes.adapters.frames")
+LA = pack_module("nodes.adapters.latents")
+LS = pack_module("nodes.adapters.lipsync")
+TR = pack_module("nodes.adapters.tracks")
+P = pack_module("omnisync_model.sampling.pipeline")
+BACKEND = pack_module("omnisync_model.backends.omnisync")
+BK = pack_module("omnisync_model.sampling.backend")
+CODEC = pack_module("omnisync_model.core.codec")
+GUIDE = pack_module("omnisync_model.sampling.guidance")
+LOCATE = pack_module("omnisync_model.media.locate")
+CONFIG = pack_module("omnisync_model.families.omnisync.config")
+MODEL = pack_module("omnisync_model.families.omnisync.model")
 
 
 @pytest.fixture
@@ -27,7 +34,7 @@ def model():
     torch.manual_seed(0)
     m = MODEL.OmniSyncModel(CONFIG.get_preset("tiny").replace(external_audio_dim=8)).eval()
     randomize_zero_inits(m, seed=1)  # gates / output get small values: the output depends on every input
-    return m
+    return BACKEND.OmniSyncBackend(m)
 
 
 def _frames(n=6, size=32, seed=0):
@@ -46,40 +53,40 @@ def _speech(seconds=0.6, rate=16000, seed=0):
 
 def test_image_to_frames_views_rgb_and_converts_other_layouts():
     rgb = torch.rand(3, 8, 8, 3)
-    assert A.image_to_frames(rgb).data_ptr() == rgb.data_ptr()  # no copy of a float RGB IMAGE
+    assert FR.image_to_frames(rgb).data_ptr() == rgb.data_ptr()  # no copy of a float RGB IMAGE
     rgba = torch.rand(3, 8, 8, 4)
-    assert torch.equal(A.image_to_frames(rgba), rgba[..., :3])
+    assert torch.equal(FR.image_to_frames(rgba), rgba[..., :3])
     grey = torch.rand(2, 8, 8, 1)
-    assert torch.equal(A.image_to_frames(grey), grey.expand(-1, -1, -1, 3))
-    assert A.image_to_frames(torch.rand(8, 8, 3)).shape == (1, 8, 8, 3)
+    assert torch.equal(FR.image_to_frames(grey), grey.expand(-1, -1, -1, 3))
+    assert FR.image_to_frames(torch.rand(8, 8, 3)).shape == (1, 8, 8, 3)
     with pytest.raises(ValueError, match="IMAGE batch"):
-        A.image_to_frames(torch.rand(2, 3, 8, 8, 3))
+        FR.image_to_frames(torch.rand(2, 3, 8, 8, 3))
 
 
 @pytest.mark.parametrize("bad", [0, -25, float("nan"), float("inf"), "fast", None])
 def test_check_fps_refuses_bad_rates(bad):
     with pytest.raises(ValueError, match="fps"):
-        A.check_fps(bad)
+        FR.check_fps(bad)
 
 
 def test_check_fps_accepts_fractions():
-    assert A.check_fps(Fraction(30000, 1001)) == pytest.approx(29.97002997)
+    assert FR.check_fps(Fraction(30000, 1001)) == pytest.approx(29.97002997)
 
 
 def test_audio_from_comfy_uses_first_clip_and_validates():
     wave = torch.randn(2, 2, 100)
-    out, rate = A.audio_from_comfy({"waveform": wave, "sample_rate": 44100})
+    out, rate = AU.audio_from_comfy({"waveform": wave, "sample_rate": 44100})
     assert rate == 44100 and torch.equal(out, wave[0])
     with pytest.raises(ValueError, match="AUDIO dict"):
-        A.audio_from_comfy({"waveform": wave})
+        AU.audio_from_comfy({"waveform": wave})
     with pytest.raises(ValueError, match="samples > 0"):
-        A.audio_from_comfy({"waveform": torch.zeros(1, 2, 0), "sample_rate": 16000})
+        AU.audio_from_comfy({"waveform": torch.zeros(1, 2, 0), "sample_rate": 16000})
 
 
 @pytest.mark.parametrize("n_in", [40000, 32000, 7000])
 def test_fit_audio_to_video_trims_or_pads_to_the_video_length(n_in):
     wave = torch.randn(1, 2, n_in)
-    out = A.fit_audio_to_video({"waveform": wave, "sample_rate": 16000}, n_frames=50, fps=25.0)
+    out = AU.fit_audio_to_video({"waveform": wave, "sample_rate": 16000}, n_frames=50, fps=25.0)
     assert out["sample_rate"] == 16000 and out["waveform"].shape == (1, 2, 32000)  # 50 / 25 s at 16 kHz
     keep = min(n_in, 32000)
     assert torch.equal(out["waveform"][..., :keep], wave[..., :keep])
@@ -88,43 +95,45 @@ def test_fit_audio_to_video_trims_or_pads_to_the_video_length(n_in):
 
 def test_features_from_encoder_output_trims_whisper_padding():
     feats = torch.randn(1, 1500, 8)  # Whisper: always 30 s at 50 Hz
-    out, rate = A.features_from_encoder_output({"encoded_audio": feats, "audio_samples": int(2.3 * 16000)})
+    out, rate = AU.features_from_encoder_output({"encoded_audio": feats, "audio_samples": int(2.3 * 16000)})
     assert rate == 50.0 and out.shape == (115, 8) and torch.equal(out, feats[0, :115])
-    untrimmed, _ = A.features_from_encoder_output({"encoded_audio": feats[:, :40]})
+    untrimmed, _ = AU.features_from_encoder_output({"encoded_audio": feats[:, :40]})
     assert untrimmed.shape == (40, 8)
     with pytest.raises(ValueError, match="AUDIO_ENCODER_OUTPUT"):
-        A.features_from_encoder_output({"waveform": feats})
+        AU.features_from_encoder_output({"waveform": feats})
     with pytest.raises(ValueError, match="batch, steps, width"):
-        A.features_from_encoder_output({"encoded_audio": feats[0]})
+        AU.features_from_encoder_output({"encoded_audio": feats[0]})
 
 
 def test_audio_input_prefers_features_and_needs_something():
     feats = {"encoded_audio": torch.randn(1, 30, 8), "audio_samples": 9600}
     audio = {"waveform": torch.randn(1, 1, 9600), "sample_rate": 16000}
-    got = A.audio_input(audio, feats)
+    got = AU.audio_input(audio, feats)
     assert got.features is not None and got.waveform is None and got.features.shape == (30, 8)
-    assert A.audio_input(audio, None).waveform.shape == (1, 9600)
+    assert AU.audio_input(audio, None).waveform.shape == (1, 9600)
     with pytest.raises(ValueError, match="connect an audio input"):
-        A.audio_input(None, None)
+        AU.audio_input(None, None)
 
 
 def test_encode_audio_tokens_per_frame_match_the_pipeline(model):
     wave = _speech()
-    enc = A.encode_audio(model, P.AudioInput(waveform=wave, sample_rate=16000), fps=25, n_frames=12)
-    want = P.WindowAudio(model, P.AudioInput(waveform=wave, sample_rate=16000), 25.0, 1.0).tokens(0, 12, 1)
+    enc = AU.encode_audio(model, P.AudioInput(waveform=wave, sample_rate=16000), fps=25, n_frames=12)
+    want = BACKEND.OmniSyncAudio(model.model, P.AudioInput(waveform=wave, sample_rate=16000), 25.0, 1.0).window(0, 12, 1)
     cfg = model.config
-    assert enc.tokens.shape == (1, 12, cfg.audio_tokens, cfg.audio_dim)
-    assert torch.equal(enc.tokens, want)
-    assert enc.for_latent(model, 1) is enc.tokens
-    assert enc.for_latent(model, 4).shape == (1, 3, cfg.audio_tokens, cfg.audio_dim)  # 1 + (12 - 1) // 4
+    tokens = enc.window(0, 12, 1)
+    assert tokens.shape == (1, 12, cfg.audio_tokens, cfg.audio_dim)
+    assert torch.equal(tokens, want)
+    assert enc.window(0, 12, 4).shape == (1, 3, cfg.audio_tokens, cfg.audio_dim)  # 1 + (12 - 1) // 4
+    late = BACKEND.OmniSyncAudio(model.model, P.AudioInput(waveform=wave, sample_rate=16000), 25.0, 1.0).window(8, 4, 1)
+    assert torch.equal(enc.window(8, 4, 1), late)  # any window, by absolute time
 
 
 def test_encode_audio_with_external_features(model):
     feats = torch.randn(40, 8)
-    enc = A.encode_audio(model, P.AudioInput(features=feats, feature_rate=50.0), fps=25, n_frames=20)
-    assert enc.tokens.shape[:2] == (1, 20)
+    enc = AU.encode_audio(model, P.AudioInput(features=feats, feature_rate=50.0), fps=25, n_frames=20)
+    assert enc.window(0, 20, 1).shape[:2] == (1, 20)
     with pytest.raises(ValueError, match="frame_count"):
-        A.encode_audio(model, P.AudioInput(features=feats), fps=25, n_frames=0)
+        AU.encode_audio(model, P.AudioInput(features=feats), fps=25, n_frames=0)
 
 
 # --------------------------------------------------------------------------------------------- LATENT
@@ -132,54 +141,54 @@ def test_encode_audio_with_external_features(model):
 
 def test_latent_layouts_round_trip():
     video = torch.randn(1, 4, 3, 5, 6)
-    x, image = A.latent_to_5d({"samples": video})
+    x, image = LA.latent_to_5d({"samples": video})
     assert x is video and not image
     batch = torch.randn(3, 4, 5, 6)  # image VAE: one latent per frame
-    x, image = A.latent_to_5d({"samples": batch})
+    x, image = LA.latent_to_5d({"samples": batch})
     assert image and x.shape == (1, 4, 3, 5, 6) and torch.equal(x[0, :, 1], batch[1])
-    back = A.latent_from_5d(x, image, tau=0.5, seed=None)
+    back = LA.latent_from_5d(x, image, tau=0.5, seed=None)
     assert torch.equal(back["samples"], batch) and back["omnisync_tau"] == 0.5 and "omnisync_seed" not in back
     with pytest.raises(ValueError, match="video latent"):
-        A.latent_to_5d({"samples": torch.randn(2, 4, 3, 5, 6)})
+        LA.latent_to_5d({"samples": torch.randn(2, 4, 3, 5, 6)})
 
 
 def test_noise_latent_is_progressive_init_with_per_frame_noise():
     src = torch.randn(1, 4, 5, 3, 3)
-    out = A.noise_latent({"samples": src}, tau=0.6, seed=7)
-    noise = P.window_noise(src.shape, 7, [0, 1, 2, 3, 4], src.device, src.dtype)
+    out = LA.noise_latent({"samples": src}, tau=0.6, seed=7)
+    noise = BK.per_frame_noise(src.shape, 7, [0, 1, 2, 3, 4], src.device, src.dtype)
     assert torch.allclose(out["samples"], 0.4 * src + 0.6 * noise, atol=1e-6)
     assert (out["omnisync_tau"], out["omnisync_seed"], out["omnisync_temporal_factor"]) == (0.6, 7, 1)
     # frame j's noise depends only on (seed, j): a shorter clip gets the same noise on the frames it has
-    short = A.noise_latent({"samples": src[:, :, :3]}, tau=1.0, seed=7)
+    short = LA.noise_latent({"samples": src[:, :, :3]}, tau=1.0, seed=7)
     assert torch.equal(short["samples"], noise[:, :, :3])
 
 
 def test_noise_latent_with_temporal_compression_keys_noise_by_first_video_frame():
     src = torch.zeros(1, 2, 3, 2, 2)
-    out = A.noise_latent({"samples": src}, tau=1.0, seed=3, temporal_factor=4)
-    want = P.window_noise(src.shape, 3, [0, 1, 5], src.device, src.dtype)  # latent j>=1 starts at 1 + 4 (j - 1)
+    out = LA.noise_latent({"samples": src}, tau=1.0, seed=3, temporal_factor=4)
+    want = BK.per_frame_noise(src.shape, 3, [0, 1, 5], src.device, src.dtype)  # latent j>=1 starts at 1 + 4 (j - 1)
     assert torch.equal(out["samples"], want)
     with pytest.raises(ValueError, match="tau"):
-        A.noise_latent({"samples": src}, tau=0.0, seed=3)
+        LA.noise_latent({"samples": src}, tau=0.0, seed=3)
 
 
 @pytest.mark.parametrize("t, f, tf", [(5, 5, 1), (21, 81, 4), (3, 9, 4), (2, 2, 1)])
 def test_infer_temporal_factor(t, f, tf):
-    assert A.infer_temporal_factor(t, f) == tf
+    assert LA.infer_temporal_factor(t, f) == tf
 
 
 def test_infer_temporal_factor_refuses_impossible_pairs():
     with pytest.raises(ValueError):
-        A.infer_temporal_factor(6, 5)
+        LA.infer_temporal_factor(6, 5)
 
 
 def test_pad_to_multiple_replicates_edges():
     x = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(1, 1, 2, 3, 3)
-    padded, hw = A.pad_to_multiple(x, 2)
+    padded, hw = LA.pad_to_multiple(x, 2)
     assert hw == (3, 3) and padded.shape == (1, 1, 2, 4, 4)
     assert torch.equal(padded[..., :3, :3], x)
     assert torch.equal(padded[..., 3, :3], x[..., 2, :]) and torch.equal(padded[..., :3, 3], x[..., :, 2])
-    same, _ = A.pad_to_multiple(x, 1)
+    same, _ = LA.pad_to_multiple(x, 1)
     assert same is x
 
 
@@ -188,22 +197,22 @@ def test_pad_to_multiple_replicates_edges():
 
 def test_fit_track_length_and_mask_count():
     c, v = torch.rand(4, 2), torch.tensor([True, False, True, True])
-    c2, v2 = A.fit_track_length(c, v, 6)
+    c2, v2 = TR.fit_track_length(c, v, 6)
     assert torch.equal(c2[4], c[3]) and torch.equal(c2[5], c[3]) and v2.tolist() == v.tolist() + [True, True]
-    c3, v3 = A.fit_track_length(c, v, 2)
+    c3, v3 = TR.fit_track_length(c, v, 2)
     assert torch.equal(c3, c[:2]) and v3.tolist() == [True, False]
     one = torch.rand(8, 8)
-    assert torch.equal(A.fit_mask_count(one, 3), one[None].expand(3, -1, -1))
+    assert torch.equal(FR.fit_mask_count(one, 3), one[None].expand(3, -1, -1))
     with pytest.raises(ValueError, match="MASK"):
-        A.fit_mask_count(torch.rand(2, 2, 8, 8), 3)
+        FR.fit_mask_count(torch.rand(2, 2, 8, 8), 3)
 
 
 def test_track_arrays_reads_a_mouth_track():
     track = LOCATE.mask_to_mouths(torch.zeros(3, 8, 8).index_fill_(1, torch.tensor([6]), 1.0))
-    centres, valid = A.track_arrays(track, 3)
+    centres, valid = TR.track_arrays(track, 3)
     assert centres.shape == (3, 2) and valid.all()
     assert torch.allclose(centres[:, 1], torch.full((3,), 6.5 / 8))
-    assert A.track_arrays(None, 3) == (None, None)
+    assert TR.track_arrays(None, 3) == (None, None)
 
 
 # --------------------------------------------------------------------------------------------- codecs
@@ -255,7 +264,7 @@ class FakeImageVAE:
 
 def test_vae_codec_reads_factors_from_a_video_vae():
     vae, reloads = FakeVideoVAE(), []
-    codec = A.VAECodec(vae, after_use=lambda: reloads.append(len(vae.calls)))
+    codec = CO.VAECodec(vae, after_use=lambda: reloads.append(len(vae.calls)))
     assert (codec.spatial_factor, codec.temporal_factor, codec.latent_channels) == (8, 4, 5)
     z = codec.encode(torch.rand(9, 16, 24, 3))
     assert z.shape == (1, 5, 3, 2, 3)
@@ -266,7 +275,7 @@ def test_vae_codec_reads_factors_from_a_video_vae():
 
 
 def test_vae_codec_wraps_image_vaes_frame_by_frame():
-    codec = A.VAECodec(FakeImageVAE())
+    codec = CO.VAECodec(FakeImageVAE())
     assert (codec.spatial_factor, codec.temporal_factor) == (1, 1)
     frames = torch.rand(4, 6, 5, 3)
     z = codec.encode(frames)
@@ -276,17 +285,17 @@ def test_vae_codec_wraps_image_vaes_frame_by_frame():
 
 def test_vae_codec_refuses_objects_that_are_not_vaes():
     with pytest.raises(ValueError, match="has no 'encode'"):
-        A.VAECodec(object())
+        CO.VAECodec(object())
 
 
 def test_codec_for_uses_the_pixel_codec_and_refuses_channel_mismatches(model):
-    codec = A.codec_for(model)
+    codec = CO.codec_for(model)
     assert isinstance(codec, CODEC.PixelCodec) and codec.spatial_factor == 4
     with pytest.raises(ValueError, match="5-channel latents but the model expects 48"):
-        A.codec_for(model, FakeVideoVAE())
+        CO.codec_for(model, FakeVideoVAE())
     wan = MODEL.OmniSyncModel(CONFIG.get_preset("tiny").replace(in_channels=16, codec="wan2.1"))
     with pytest.raises(ValueError, match="connect that VAE"):
-        A.codec_for(wan)
+        CO.codec_for(BACKEND.OmniSyncBackend(wan))
 
 
 # --------------------------------------------------------------------------------------------- one-node path
@@ -306,26 +315,26 @@ class CountingFrames:
         return self.frames[item]
 
 
-def test_lipsync_into_fills_the_preallocated_buffer_window_by_window(model):
+def test_lipsync_fills_a_preallocated_buffer_window_by_window(model):
     frames = _frames(n=9)
     audio = P.AudioInput(waveform=_speech(0.4), sample_rate=16000)
-    opts = A.make_options(0.8, 2, 5, 4, 1, 3.0, 1.0, 0.15, 1.5)
+    opts = LS.make_options(0.8, 2, 5, 4, 1, 3.0, 1.0, 0.15, 1.5)
     out = torch.full((9, 32, 32, 3), -1.0)
     source = CountingFrames(frames)
-    got = A.lipsync_into(out, source, 25.0, audio, model, CODEC.PixelCodec(4), opts)
+    got = P.lipsync(source, 25.0, audio, model, CODEC.PixelCodec(4), opts, out=out)
     assert got is out and out.min() >= 0.0  # every frame written, in place
     assert max(source.reads) <= 4  # never more than a window of input at once
     want = P.lipsync(frames, 25.0, audio, model, CODEC.PixelCodec(4), opts)
     assert torch.equal(out, want)
     with pytest.raises(ValueError, match="output buffer"):
-        A.lipsync_into(torch.empty(8, 32, 32, 3), frames, 25.0, audio, model, CODEC.PixelCodec(4), opts)
+        P.lipsync(frames, 25.0, audio, model, CODEC.PixelCodec(4), opts, out=torch.empty(8, 32, 32, 3))
 
 
 def test_make_options_names_the_bad_widget():
     with pytest.raises(ValueError, match="w_base"):
-        A.make_options(0.9, 4, 0, 16, 2, 2.0, 3.0, 0.1, 1.5)
+        LS.make_options(0.9, 4, 0, 16, 2, 2.0, 3.0, 0.1, 1.5)
     with pytest.raises(ValueError, match="overlap"):
-        A.make_options(0.9, 4, 0, 4, 4, 3.0, 1.0, 0.1, 1.5)
+        LS.make_options(0.9, 4, 0, 4, 4, 3.0, 1.0, 0.1, 1.5)
 
 
 # --------------------------------------------------------------------------------------------- modular path
@@ -340,14 +349,14 @@ def test_modular_path_reproduces_the_one_node_path(model):
     cfg = GUIDE.DSCFG(w_peak=3.0, w_base=1.0, radius=0.2, gamma=1.5)
     codec = CODEC.PixelCodec(4)
     source = {"samples": codec.encode(frames)}
-    enc = A.encode_audio(model, P.AudioInput(waveform=wave, sample_rate=16000), fps, 5)
-    noised = A.noise_latent(source, tau, seed)
+    enc = AU.encode_audio(model, P.AudioInput(waveform=wave, sample_rate=16000), fps, 5)
+    noised = LA.noise_latent(source, tau, seed)
     steps_seen = []
-    inputs = A.sampler_inputs(noised, source, enc)
-    latent = A.sample_latent(model, enc, inputs, steps, cfg, mouth, on_step=steps_seen.append)
+    inputs = LA.sampler_inputs(noised, source, enc)
+    opts = P.LipSyncOptions(tau=tau, steps=steps, seed=seed, window=16, overlap=2, guidance=cfg)
+    latent = LA.sample_latent(model, enc, inputs, steps, opts, mouth, on_step=steps_seen.append)
     assert steps_seen == [1, 2, 3]
     modular = codec.decode(latent["samples"])
-    opts = P.LipSyncOptions(tau=tau, steps=steps, seed=seed, window=16, overlap=2, guidance=cfg)
     one_node = P.lipsync(frames, fps, P.AudioInput(waveform=wave, sample_rate=16000), model, codec, opts,
                          mouth_centres=mouth.centres, mouth_valid=mouth.valid)
     assert torch.allclose(modular, one_node, atol=1e-6)
@@ -355,34 +364,34 @@ def test_modular_path_reproduces_the_one_node_path(model):
 
 
 def test_sample_latent_pads_odd_latent_sizes(model):
-    enc = A.encode_audio(model, P.AudioInput(waveform=_speech(0.2), sample_rate=16000), 25.0, 2)
+    enc = AU.encode_audio(model, P.AudioInput(waveform=_speech(0.2), sample_rate=16000), 25.0, 2)
     source = {"samples": torch.rand(1, 48, 2, 3, 5) * 2 - 1}  # 3 x 5 latent, patch 2
-    noised = A.noise_latent(source, 0.5, 0)
-    out = A.sample_latent(model, enc, A.sampler_inputs(noised, source, enc), 1, GUIDE.DSCFG())
+    noised = LA.noise_latent(source, 0.5, 0)
+    out = LA.sample_latent(model, enc, LA.sampler_inputs(noised, source, enc), 1, P.LipSyncOptions(steps=1))
     assert out["samples"].shape == (1, 48, 2, 3, 5) and torch.isfinite(out["samples"]).all()
 
 
 def test_sampler_inputs_explain_wrong_connections(model):
-    enc = A.encode_audio(model, P.AudioInput(waveform=_speech(0.2), sample_rate=16000), 25.0, 4)
+    enc = AU.encode_audio(model, P.AudioInput(waveform=_speech(0.2), sample_rate=16000), 25.0, 4)
     source = {"samples": torch.zeros(1, 48, 4, 2, 2)}
     with pytest.raises(ValueError, match="OmniSyncNoiseInit"):
-        A.sampler_inputs(source, source, enc)
-    noised = A.noise_latent(source, 0.5, 0)
+        LA.sampler_inputs(source, source, enc)
+    noised = LA.noise_latent(source, 0.5, 0)
     with pytest.raises(ValueError, match="differ in shape"):
-        A.sampler_inputs(noised, {"samples": torch.zeros(1, 48, 3, 2, 2)}, enc)
-    other = A.encode_audio(model, P.AudioInput(waveform=_speech(0.2), sample_rate=16000), 25.0, 7)
+        LA.sampler_inputs(noised, {"samples": torch.zeros(1, 48, 3, 2, 2)}, enc)
+    other = AU.encode_audio(model, P.AudioInput(waveform=_speech(0.2), sample_rate=16000), 25.0, 7)
     with pytest.raises(ValueError, match="frame_count"):
-        A.sampler_inputs(noised, source, other)
+        LA.sampler_inputs(noised, source, other)
     wrong = {"samples": torch.zeros(1, 16, 4, 2, 2)}
-    inputs = A.sampler_inputs(A.noise_latent(wrong, 0.5, 0), wrong, enc)
+    inputs = LA.sampler_inputs(LA.noise_latent(wrong, 0.5, 0), wrong, enc)
     with pytest.raises(ValueError, match="model expects 48"):
-        A.sample_latent(model, enc, inputs, 1, GUIDE.DSCFG())
+        LA.sample_latent(model, enc, inputs, 1, P.LipSyncOptions(steps=1))
 
 
 def test_locate_track_checks_for_interrupts_per_chunk_and_matches_the_locator():
     frames = _frames(n=130, size=24)
     calls = []
-    track = A.locate_track(frames, lambda: calls.append(1))
+    track = TR.locate_track(frames, lambda: calls.append(1))
     assert len(calls) == -(-130 // LOCATE.LocateOptions().chunk) == 3  # one check per chunk of 64 frames
     want = LOCATE.locate_mouths(frames)
     assert torch.equal(track.centres, want.centres) and torch.equal(track.valid, want.valid)
@@ -394,4 +403,4 @@ def test_locate_track_checks_for_interrupts_per_chunk_and_matches_the_locator():
         raise Stop
 
     with pytest.raises(Stop):  # an interrupt is never taken for a locator failure
-        A.locate_track(frames, stop)
+        TR.locate_track(frames, stop)

@@ -10,7 +10,8 @@ from comfy_helpers import WORKFLOWS
 FILES = ["lipsync_basic.json", "lipsync_long_video.json", "lipsync_step_by_step.json",
          "lipsync_after_video_generator.json", "lipsync_video_file.json"]
 OURS = {"OmniSyncModelLoader", "OmniSyncAudioEncode", "OmniSyncMouthRegion", "OmniSyncNoiseInit", "OmniSyncSampler",
-        "OmniSyncLipSync", "OmniSyncLipSyncVideo", "OmniSyncFaceCrop", "OmniSyncFacePaste", "OmniSyncPixelVAE"}
+        "OmniSyncLipSync", "OmniSyncLipSyncVideo", "OmniSyncFaceCrop", "OmniSyncFacePaste", "OmniSyncPixelVAE",
+        "OmniSyncWindowSplit", "OmniSyncWindowStitch"}
 CORE = {"Note", "LoadVideo", "GetVideoComponents", "LoadAudio", "CreateVideo", "SaveVideo", "VAEEncode", "VAEDecode",
         "UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "EmptyHunyuanLatentVideo", "ModelSamplingSD3",
         "KSampler"}

@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from omnisync_model import perf
-from omnisync_model.guidance import DSCFG
-from omnisync_model.pipeline import LipSyncOptions, _RunStats
-from omnisync_model.windows import plan_windows
+from omnisync_model.cli import perf
+from omnisync_model.sampling.guidance import DSCFG
+from omnisync_model.sampling.pipeline import LipSyncOptions, RunStats
+from omnisync_model.sampling.windows import plan_windows
 
 TINY_SIZES = perf.Sizes(repeats=1, overhead_frames=6, overhead_size=16, scaling_frames=4, scaling_size=16,
                         eval_frames=6, eval_size=16, overlap_frames=20, overlap_size=16, forward_repeats=1,
@@ -39,7 +39,7 @@ def test_schedule_count_at_defaults_by_hand():
 @pytest.mark.parametrize("n", [6, 20])
 def test_hook_count_matches_schedule_and_guidance_counters(model, n):
     opts = LipSyncOptions(steps=6, window=8, overlap=2)
-    stats = _RunStats()
+    stats = RunStats()
     with perf.ForwardTimer(model) as timer:
         perf.run_lipsync(model, n, 16, opts, stats=stats)
     windows = plan_windows(n, opts.window, opts.overlap)
@@ -145,10 +145,10 @@ def test_child_peak_rss_is_its_own_not_the_parents():
     import subprocess
     import sys
 
-    from omnisync_model.perf import peak_rss_kb
+    from omnisync_model.cli.perf import peak_rss_kb
 
     ballast = torch.ones(200_000_000)  # 800 MB held by this (parent) process
-    code = ("import resource; from omnisync_model.perf import peak_rss_kb; "
+    code = ("import resource; from omnisync_model.cli.perf import peak_rss_kb; "
             "print(peak_rss_kb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                              check=True).stdout.split())

@@ -15,10 +15,12 @@ import torch
 from comfy_helpers import pack_module
 from conftest import MEDIA
 
-A = pack_module("nodes.adapters")
-V = pack_module("nodes.video_adapters")
-VIDEO_IO = pack_module("omnisync_model.video_io")
-WEIGHTS = pack_module("omnisync_model.weights")
+FA = pack_module("nodes.adapters.faces")
+LS = pack_module("nodes.adapters.lipsync")
+V = pack_module("nodes.adapters.video")
+VIDEO_IO = pack_module("omnisync_model.media.video_io")
+WEIGHTS = pack_module("omnisync_model.families.omnisync.weights")
+BACKEND = pack_module("omnisync_model.backends.omnisync")
 
 CLIP, SPEECH = MEDIA / "talking_head_25fps.mp4", MEDIA / "speech_16k.wav"
 pytestmark = pytest.mark.skipif(not CLIP.is_file() or not SPEECH.is_file(),
@@ -30,7 +32,7 @@ N_FRAMES, FPS, WIDTH, HEIGHT = 250, 25, 1080, 1920
 def shipped():
     path = WEIGHTS.default_checkpoint()
     assert path is not None, "the demo checkpoint must ship in omnisync_model/assets"
-    return WEIGHTS.load_checkpoint(path)
+    return BACKEND.OmniSyncBackend(WEIGHTS.load_checkpoint(path))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def speech():
 
 
 def _options():
-    return A.make_options(0.92, 2, 0, 16, 2, 2.5, 1.0, 0.15, 1.5)
+    return LS.make_options(0.92, 2, 0, 16, 2, 2.5, 1.0, 0.15, 1.5)
 
 
 def test_face_crop_lipsync_paste_on_the_real_clip(shipped, speech):
@@ -48,10 +50,10 @@ def test_face_crop_lipsync_paste_on_the_real_clip(shipped, speech):
     frames = video.frames  # IMAGE [250,1920,1080,3] float32, as LoadVideo -> GetVideoComponents gives it
     assert frames.shape == (N_FRAMES, HEIGHT, WIDTH, 3) and video.fps == FPS
     side = int(shipped.config.extra["resolution"])
-    crops, crop, crop_mouth = A.crop_faces(frames, side, 4 * shipped.config.patch_size)
+    crops, crop, crop_mouth = FA.crop_faces(frames, side, 4 * shipped.config.patch_size)
     assert crops.shape[0] == N_FRAMES and max(crops.shape[1:3]) == side
-    synced, fitted = A.lipsync_images(shipped, crops, float(video.fps), speech, _options(), mouth=crop_mouth)
-    pasted = A.paste_faces(frames, synced, crop)
+    synced, fitted = LS.lipsync_images(shipped, crops, float(video.fps), speech, _options(), mouth=crop_mouth)
+    pasted = FA.paste_faces(frames, synced, crop)
 
     assert pasted.shape == frames.shape  # every frame back, full size
     assert fitted["waveform"].shape[-1] == N_FRAMES * fitted["sample_rate"] // FPS  # 10.000 s exactly

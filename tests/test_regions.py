@@ -1,10 +1,10 @@
-"""Tests for omnisync_model.regions: crop / paste-back (single box and per frame) and boxes from a face track."""
+"""Tests for omnisync_model.media.regions: crop / paste-back (single box and per frame) and boxes from a face track."""
 
 import pytest
 import torch
 
-from omnisync_model.locate import MouthTrack
-from omnisync_model.regions import (
+from omnisync_model.media.locate import MouthTrack
+from omnisync_model.media.regions import (
     Box,
     check_boxes,
     crop,

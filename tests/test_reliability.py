@@ -22,16 +22,17 @@ import torch
 from conftest import randomize_zero_inits
 from comfy_helpers import pack_module
 
-A = pack_module("nodes.adapters")
-P = pack_module("omnisync_model.pipeline")
-CONFIG = pack_module("omnisync_model.config")
-MODEL = pack_module("omnisync_model.model")
-WEIGHTS = pack_module("omnisync_model.weights")
-SYNTH = pack_module("omnisync_model.synthetic")
-METRICS = pack_module("omnisync_model.metrics")
-BENCH = pack_module("omnisync_model.bench")
+LS = pack_module("nodes.adapters.lipsync")
+P = pack_module("omnisync_model.sampling.pipeline")
+BACKEND = pack_module("omnisync_model.backends.omnisync")
+CONFIG = pack_module("omnisync_model.families.omnisync.config")
+MODEL = pack_module("omnisync_model.families.omnisync.model")
+WEIGHTS = pack_module("omnisync_model.families.omnisync.weights")
+SYNTH = pack_module("omnisync_model.training.synthetic")
+METRICS = pack_module("omnisync_model.training.metrics")
+BENCH = pack_module("omnisync_model.training.bench")
 
-OPTIONS = A.make_options(0.9, 2, 0, 8, 2, 2.5, 1.0, 0.15, 1.5)  # tau, steps, seed, window, overlap, DS-CFG
+OPTIONS = LS.make_options(0.9, 2, 0, 8, 2, 2.5, 1.0, 0.15, 1.5)  # tau, steps, seed, window, overlap, DS-CFG
 SR = 16000
 FPS = 25.0
 N_FRAMES, SIZE = 6, 32
@@ -44,7 +45,7 @@ def model():
     torch.manual_seed(0)
     m = MODEL.OmniSyncModel(CONFIG.get_preset("tiny").replace(external_audio_dim=8)).eval()
     randomize_zero_inits(m, seed=1)  # gates / output get small values: the output depends on every input
-    return m
+    return BACKEND.OmniSyncBackend(m)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -84,12 +85,12 @@ class Hooks:
 
     def __init__(self, model):
         self.prepared, self.progress = [], []
-        self.hooks = A.NodeHooks(prepare=lambda tokens: self.prepared.append(tokens) or model,
+        self.hooks = LS.NodeHooks(prepare=lambda tokens: self.prepared.append(tokens) or model,
                                  progress=lambda done, total: self.progress.append((done, total)))
 
 
 def run(model, images, fps, aud, hooks=None):
-    return A.lipsync_images(model, images, fps, aud, OPTIONS, vae=None, mouth=None, audio_features=None,
+    return LS.lipsync_images(model, images, fps, aud, OPTIONS, vae=None, mouth=None, audio_features=None,
                             **({"hooks": hooks.hooks} if hooks is not None else {}))
 
 
@@ -241,12 +242,12 @@ def test_silent_audio_closes_a_talking_mouth_with_the_shipped_model():
     """
     path = WEIGHTS.default_checkpoint()
     assert path is not None, "the demo checkpoint must ship in omnisync_model/assets"
-    shipped = WEIGHTS.load_checkpoint(path)
+    shipped = BACKEND.OmniSyncBackend(WEIGHTS.load_checkpoint(path))
     case = next(c for c in BENCH.make_cases(SYNTH.STYLES, 1, 2.0, 25.0, 64) if c.style == "anime")
     clip, _, rate = SYNTH.make_talking_clip(case.seed, case.style, case.seconds, case.fps, case.size)
     n = clip.frames.shape[0]
-    options = A.make_options(0.92, 8, 0, 16, 2, 2.5, 1.0, 0.15, 1.5)
-    out, fitted = A.lipsync_images(shipped, clip.frames, case.fps, silent(n=32000, rate=rate), options)
+    options = LS.make_options(0.92, 8, 0, 16, 2, 2.5, 1.0, 0.15, 1.5)
+    out, fitted = LS.lipsync_images(shipped, clip.frames, case.fps, silent(n=32000, rate=rate), options)
     assert out.shape == clip.frames.shape and fitted["waveform"].shape == (1, 1, 32000)
 
     def opening(video):
@@ -300,9 +301,9 @@ def test_an_interrupt_stops_within_one_step_frees_the_buffers_and_the_next_run_w
         if len(progress) == 2:
             raise Interrupted
 
-    hooks = A.NodeHooks(progress=lambda done, total: progress.append(done), check_interrupt=check)
+    hooks = LS.NodeHooks(progress=lambda done, total: progress.append(done), check_interrupt=check)
     with pytest.raises(Interrupted):
-        A.lipsync_images(model, images, FPS, aud, OPTIONS, hooks=hooks)
+        LS.lipsync_images(model, images, FPS, aud, OPTIONS, hooks=hooks)
     assert progress == [1, 2]  # stopped at the check of the third step, before finishing it
     assert _large_tensors(size // 4) == before  # nothing of the interrupted run is still alive
     ref_images, ref_audio, want_out, _ = reference

@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from omnisync_model import synthetic as S
-from omnisync_model.metrics import estimate_mouth_opening
+from omnisync_model.training import synthetic as S
+from omnisync_model.training.metrics import estimate_mouth_opening
 
 
 def _zero_runs(x: torch.Tensor) -> list[tuple[int, int]]:

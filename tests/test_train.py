@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from omnisync_model.train import Batches, TrainConfig, Trainer, build_dataset, run_training
-from omnisync_model.weights import load_checkpoint
+from omnisync_model.training.train import Batches, TrainConfig, Trainer, build_dataset, run_training
+from omnisync_model.families.omnisync.weights import load_checkpoint
 
 TINY = dict(preset="tiny", batch=4, frames=4, size=32, clips=3, clip_seconds=1.2, warmup=2, lr=2e-3,
             log_every=5, save_every=1000)

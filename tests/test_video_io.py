@@ -1,4 +1,4 @@
-"""Tests for omnisync_model.video_io: PyAV read / write round trips, probing, audio, errors and atomic writes."""
+"""Tests for omnisync_model.media.video_io: PyAV read / write round trips, probing, audio, errors and atomic writes."""
 
 import math
 from fractions import Fraction
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnisync_model.video_io import (MediaError, VideoWriter, _align_audio, _count_packets, iter_video_frames,
+from omnisync_model.media.video_io import (MediaError, VideoWriter, _align_audio, _count_packets, iter_video_frames,
                                      probe_video, read_audio, read_video, to_fraction)
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -281,7 +281,7 @@ def test_empty_write_is_an_error(tmp_path):
 
 def test_writer_downmixes_surround_and_other_layouts():
     import numpy as np
-    from omnisync_model.video_io import stereo_downmix
+    from omnisync_model.media.video_io import stereo_downmix
 
     fl, fr, fc, lfe, bl, br = (np.full(4, v, np.float32) for v in (0.1, 0.2, 0.3, 0.9, 0.4, 0.5))
     out = stereo_downmix(np.stack([fl, fr, fc, lfe, bl, br]))

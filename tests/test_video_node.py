@@ -12,13 +12,14 @@ import torch
 from conftest import randomize_zero_inits
 from comfy_helpers import pack_module, talking_clip, write_video
 
-V = pack_module("nodes.video_adapters")
-A = pack_module("nodes.adapters")
-CONFIG = pack_module("omnisync_model.config")
-MODEL = pack_module("omnisync_model.model")
-VIDEO_IO = pack_module("omnisync_model.video_io")
-PIPELINE = pack_module("omnisync_model.pipeline")
-LIPSYNC_FILE = pack_module("omnisync_model.lipsync_file")
+V = pack_module("nodes.adapters.video")
+LS = pack_module("nodes.adapters.lipsync")
+CONFIG = pack_module("omnisync_model.families.omnisync.config")
+MODEL = pack_module("omnisync_model.families.omnisync.model")
+VIDEO_IO = pack_module("omnisync_model.media.video_io")
+PIPELINE = pack_module("omnisync_model.sampling.pipeline")
+BACKEND = pack_module("omnisync_model.backends.omnisync")
+LIPSYNC_FILE = pack_module("omnisync_model.media.lipsync_file")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def model():
     torch.manual_seed(0)
     m = MODEL.OmniSyncModel(CONFIG.get_preset("tiny").replace(extra={"resolution": 32})).eval()
     randomize_zero_inits(m, seed=1)  # gates / output get small values: the output depends on every input
-    return m
+    return BACKEND.OmniSyncBackend(m)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +47,12 @@ def _audio(seconds, rate=48000, channels=2, seed=0):
 
 
 def _options(steps=2):
-    return A.make_options(0.9, steps, 3, 8, 2, 2.5, 1.0, 0.15, 1.5)
+    return LS.make_options(0.9, steps, 3, 8, 2, 2.5, 1.0, 0.15, 1.5)
 
 
 def _recorder():
     calls = []
-    return calls, A.NodeHooks(progress=lambda done, total: calls.append((done, total)))
+    return calls, LS.NodeHooks(progress=lambda done, total: calls.append((done, total)))
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -152,7 +153,7 @@ def test_an_interrupt_stops_within_a_step_and_leaves_no_file(tmp_path, model, cl
         if len(checks) == locate_chunks + 2:  # the second sampling step
             raise Interrupted
 
-    hooks = A.NodeHooks(progress=lambda done, total: steps_done.append(done), check_interrupt=check)
+    hooks = LS.NodeHooks(progress=lambda done, total: steps_done.append(done), check_interrupt=check)
     with pytest.raises(Interrupted):
         V.lipsync_video_file(model, path, _audio(1.0), tmp_path / "out", _options(4), hooks=hooks)
     assert steps_done == [1]  # stopped in the step after the first, before finishing it

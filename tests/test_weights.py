@@ -1,4 +1,4 @@
-"""Tests for omnisync_model.weights: safetensors round trips, strict checks, refusing pickles, config inference."""
+"""Tests for omnisync_model.families.omnisync.weights: safetensors round trips, strict checks, refusing pickles, config inference."""
 
 import json
 import pickle
@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from omnisync_model import weights
-from omnisync_model.config import OmniSyncConfig, get_preset
-from omnisync_model.model import OmniSyncModel
-from omnisync_model.weights import (CheckpointError, infer_config, load_checkpoint, load_state_dict_checked,
-                                    read_config, read_metadata, read_shapes, save_checkpoint, sniff_format)
+from omnisync_model.core import checkpoint
+from omnisync_model.families.omnisync.config import OmniSyncConfig, get_preset
+from omnisync_model.families.omnisync.model import OmniSyncModel
+from omnisync_model.core.checkpoint import (CheckpointError, load_state_dict_checked, read_metadata, read_shapes,
+                                            sniff_format)
+from omnisync_model.families.omnisync.weights import infer_config, load_checkpoint, read_config, save_checkpoint
 
 
 def _randomised(config):
@@ -103,7 +104,7 @@ def test_save_is_atomic_and_leaves_no_temp(tmp_path, tiny, monkeypatch):
             fh.write(b"half-written")
         raise OSError("disk full")
 
-    monkeypatch.setattr(weights, "save_file", broken)
+    monkeypatch.setattr(checkpoint, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, tiny[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]

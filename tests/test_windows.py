@@ -1,4 +1,4 @@
-"""Tests for omnisync_model.windows: planning, crossfade weights, streaming stitcher."""
+"""Tests for omnisync_model.sampling.windows: planning, crossfade weights, streaming stitcher."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from omnisync_model.windows import (
+from omnisync_model.sampling.windows import (
     Stitcher,
     Window,
     frame_weights,

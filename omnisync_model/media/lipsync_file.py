@@ -21,11 +21,11 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_rate, check_waveform
-from .codec import Codec, make_codec
+from ..core.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_rate, check_waveform
+from ..sampling.backend import Backend
+from ..core.codec import Codec
 from .locate import LocateOptions, MouthLocator, MouthTrack, mouth_mask_preview
-from .model import OmniSyncModel
-from .pipeline import AudioInput, LipSyncOptions, ProgressFn, iter_lipsync
+from ..sampling.pipeline import AudioInput, LipSyncOptions, ProgressFn, iter_lipsync
 from .regions import (Box, crop_boxes_from_track, crop_per_frame, map_track_to_crop, paste_back_per_frame,
                       repeat_box, resize, working_size)
 from .streams import SequentialFrames
@@ -110,7 +110,7 @@ def plan_boxes(box: Optional[str], track: MouthTrack, height: int, width: int) -
     return repeat_box(region, len(track))
 
 
-def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out: PathLike, model: OmniSyncModel,
+def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out: PathLike, backend: Backend,
                   options: LipSyncOptions, box: Optional[str] = None, size: Optional[int] = None,
                   blend: str = "mouth", codec: Optional[Codec] = None, progress: Optional[ProgressFn] = None,
                   check_interrupt: Optional[Callable[[], None]] = None) -> VideoResult:
@@ -120,7 +120,7 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
     ``box``: 'auto' (follow the located face), 'x,y,w,h' pixels, or None (the whole frame). ``blend``: 'mouth'
     takes only a soft disc around the located mouth from the result (the rest of the box keeps its full-resolution
     pixels); 'box' takes the whole box. Pixels outside the box are never touched before encoding. ``codec``: the
-    model's pixel codec unless given (e.g. a VAE).
+    backend's own codec unless given (e.g. a VAE).
     """
     check_blend(blend)
     wave = speech_channels(waveform, sample_rate)
@@ -131,10 +131,11 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
         log.warning("%s: the container says %d frames, %d decode; using %d", video, probed, n, n)
     boxes = plan_boxes(box, track, height, width)
     crop_track = map_track_to_crop(track, boxes, (height, width))
-    codec = codec if codec is not None else make_codec(model.config.codec)
+    codec = backend.prepare_codec(codec)
     first = Box(*boxes[0].tolist())
-    target = size or int(model.config.extra.get("resolution", max(first.w, first.h)))
-    hw = working_size(first, target, codec.spatial_factor * model.config.patch_size)
+    native = backend.crop_rules.resolution
+    target = size or (max(native) if native else max(first.w, first.h))
+    hw = working_size(first, target, backend.pixel_multiple(codec))
     found = int(crop_track.valid.sum())
     log.info("%s: %d frames %dx%d at %s fps; box %s (%s) -> %dx%d, %d/%d frames with a mouth", video, n, width,
              height, fps, first, box or "whole frame", hw[1], hw[0], found, n)
@@ -144,7 +145,7 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
     audio_out = fit_audio(wave, sample_rate, n, float(fps))
     with VideoWriter(out, fps, width, height, audio=(audio_out, sample_rate)) as writer:
         for start, result in iter_lipsync(crops, float(fps), AudioInput(waveform=wave, sample_rate=sample_rate),
-                                          model, codec, options, mouth_centres=crop_track.centres,
+                                          backend, codec, options, mouth_centres=crop_track.centres,
                                           mouth_valid=crop_track.valid, progress=progress,
                                           check_interrupt=check_interrupt):
             k = result.shape[0]
@@ -154,12 +155,12 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
     return VideoResult(Path(out), n, fps, width, height, audio_out.shape[-1] / sample_rate, found)
 
 
-def lipsync_file(video: Path, audio: Path, out: Path, model: OmniSyncModel, options: LipSyncOptions,
+def lipsync_file(video: Path, audio: Path, out: Path, backend: Backend, options: LipSyncOptions,
                  box: Optional[str] = None, size: Optional[int] = None, blend: str = "mouth",
                  progress: Optional[ProgressFn] = None) -> str:
     """:func:`lipsync_video` with the speech read from the file ``audio``. Returns a one-line summary."""
     wave, sr = read_audio(audio)
-    result = lipsync_video(video, wave, sr, out, model, options, box=box, size=size, blend=blend,
+    result = lipsync_video(video, wave, sr, out, backend, options, box=box, size=size, blend=blend,
                            progress=progress)
     return result.summary()
 

@@ -6,6 +6,7 @@ Errors in arguments or files end with a one-line message on stderr and exit stat
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -80,8 +81,8 @@ def existing_file(text: str) -> Path:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    from .guidance import DSCFG
-    from .pipeline import LipSyncOptions
+    from ..sampling.guidance import DSCFG
+    from ..sampling.pipeline import LipSyncOptions
 
     d, g = LipSyncOptions(), DSCFG()
     p.add_argument("--tau", type=unit_float, default=d.tau, help="progressive init strength (1 = pure noise)")
@@ -97,8 +98,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    from .guidance import DSCFG
-    from .pipeline import LipSyncOptions
+    from ..sampling.guidance import DSCFG
+    from ..sampling.pipeline import LipSyncOptions
 
     try:
         guidance = DSCFG(w_peak=args.w_peak, w_base=args.w_base, radius=args.radius, gamma=args.gamma)
@@ -121,7 +122,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(checkpoint: Optional[Path], device: torch.device):
-    from .weights import CheckpointError, default_checkpoint, load_checkpoint
+    from ..families.omnisync.weights import CheckpointError, default_checkpoint, load_checkpoint
 
     path = checkpoint or default_checkpoint()
     if path is None:
@@ -132,20 +133,35 @@ def load_model(checkpoint: Optional[Path], device: torch.device):
         raise CliError(str(exc)) from None
 
 
+def load_backend(checkpoint: Optional[Path], device: torch.device):
+    """The checkpoint's family detected from its header and loaded as a backend (the shipped demo by default)."""
+    from ..backends.registry import load_backend as load
+    from ..core.checkpoint import CheckpointError
+    from ..families.omnisync.weights import default_checkpoint
+
+    path = checkpoint or default_checkpoint()
+    if path is None:
+        raise CliError("no --checkpoint given and no shipped demo checkpoint found")
+    try:
+        return load(path, device=device)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_lipsync(args: argparse.Namespace) -> int:
-    from .lipsync_file import lipsync_file
+    from ..media.lipsync_file import lipsync_file
 
     options = options_from_args(args)
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device)
-    summary = lipsync_file(args.video, args.audio, args.out, model, options, box=args.box, size=args.size,
+    backend = load_backend(args.checkpoint, device)
+    summary = lipsync_file(args.video, args.audio, args.out, backend, options, box=args.box, size=args.size,
                            blend=args.blend, progress=ProgressBar("lipsync", not args.quiet))
     emit(summary)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .weights import CheckpointError, read_checkpoint_info
+    from ..families.omnisync.weights import CheckpointError, read_checkpoint_info
 
     try:
         config, metadata, n_params = read_checkpoint_info(args.checkpoint)
@@ -162,9 +178,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .config import get_preset
-    from .model import OmniSyncModel, count_parameters
-    from .weights import save_checkpoint
+    from ..families.omnisync.config import get_preset
+    from ..families.omnisync.model import OmniSyncModel, count_parameters
+    from ..families.omnisync.weights import save_checkpoint
 
     try:
         config = get_preset(args.preset)
@@ -213,19 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMAND_MODULES = ("..training.train", "..training.bench", ".perf", "..training.demo", ".longvideo")
+
+
 def _extra_commands() -> list[Callable]:
     """Subcommands defined next to their code (train, bench, perf, demo, longvideo) register themselves here."""
-    registrars = []
-    for module in ("train", "bench", "perf", "demo", "longvideo"):
-        try:
-            mod = __import__(f"{__package__}.{module}", fromlist=["register_cli"])
-        except ImportError as exc:
-            if exc.name and exc.name.endswith(module):
-                continue
-            raise
-        if hasattr(mod, "register_cli"):
-            registrars.append(mod.register_cli)
-    return registrars
+    return [importlib.import_module(name, __package__).register_cli for name in COMMAND_MODULES]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,6 @@
-"""Checkpoint I/O: safetensors only, strict checks, clear errors.
+"""OmniSync checkpoints: save, read the config (metadata or inferred from shapes), load strictly.
 
-A checkpoint is one safetensors file holding ``OmniSyncModel.state_dict()`` with metadata
+Generic safetensors checks live in ``core/checkpoint.py``. A checkpoint is one safetensors file holding ``OmniSyncModel.state_dict()`` with metadata
 ``{"format": "omnisync", "format_version": "1", "omnisync_config": <OmniSyncConfig JSON>, ...}``.
 Pickle-based files (``.pt``, ``.pth``, ``.ckpt``, zip or raw pickle) are refused without being opened by a
 pickle loader: unpickling can run arbitrary code. Files without metadata are accepted; their config is rebuilt
@@ -10,41 +10,24 @@ from the tensor shapes (:func:`infer_config`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
-import os
 import re
-import struct
-import uuid
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from ...core.checkpoint import (CheckpointError, PathLike, atomic_save, checkpoint_parameters, export_tensor,
+                                load_state_dict_checked, read_header, read_metadata, read_tensors)
 from .config import OmniSyncConfig
 from .model import OmniSyncModel
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 FORMAT_NAME = "omnisync"
 FORMAT_VERSION = 1
 RESERVED_METADATA = ("format", "format_version", "omnisync_config")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
-MAX_LISTED = 10  # keys listed per category in load errors
-CONVERT_HINT = (
-    "Convert it (only if you trust where it came from) with: python -c \"import torch, safetensors.torch as st; "
-    "st.save_file(torch.load('IN.pt', map_location='cpu', weights_only=True), 'OUT.safetensors')\" "
-    "(if the file holds a dict with a 'state_dict' entry, save that entry)."
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be used: wrong format, damaged, or does not match the model."""
 
 
 # --------------------------------------------------------------------------------------------- save
@@ -67,134 +50,13 @@ def save_checkpoint(path: PathLike, model: OmniSyncModel, metadata: Optional[Map
         raise ValueError(f"metadata keys and values must be strings; offending keys: {bad}")
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
             "omnisync_config": model.config.to_json(), **extra}
-    tensors = {name: _export_tensor(t, dtype) for name, t in model.state_dict().items()}
-    _atomic_save(tensors, path, meta)
+    tensors = {name: export_tensor(t, dtype) for name, t in model.state_dict().items()}
+    atomic_save(tensors, path, meta)
     logger.info("saved %d tensors to %s", len(tensors), path)
     return path
 
 
-def _export_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
-    tensor = tensor.detach().to("cpu")
-    if dtype is not None and tensor.is_floating_point():
-        tensor = tensor.to(dtype)
-    return tensor.contiguous().clone()  # own storage: safetensors refuses shared tensors
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    """Write to a temporary file next to ``path`` and rename it into place; never leave a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # created with the usual permissions
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------- inspect
-
-
-def sniff_format(path: PathLike) -> str:
-    """Identify a weights file from its first bytes, without parsing or unpickling it.
-
-    Returns ``"safetensors"``, ``"zip"`` (PyTorch .pt/.pth/.ckpt archive), ``"pickle"`` (legacy torch.save or raw
-    pickle), ``"gguf"``, ``"empty"`` or ``"other"``.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if not head:
-        return "empty"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
-    if head[:4] == b"GGUF":
-        return "gguf"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[0] == 0x80 and len(head) > 1 and 1 <= head[1] <= 5:
-        return "pickle"
-    return "other"
-
-
-def _refusal(path: PathLike, kind: str) -> CheckpointError:
-    if kind in ("zip", "pickle"):
-        return CheckpointError(
-            f"{path} is a PyTorch pickle/zip checkpoint; OmniSync loads only .safetensors files because pickle "
-            f"files can execute code. {CONVERT_HINT}")
-    if kind == "gguf":
-        return CheckpointError(f"{path} is a GGUF file; OmniSync loads only .safetensors checkpoints")
-    if kind == "empty":
-        return CheckpointError(f"{path} is empty (0 bytes); the download or save was probably interrupted")
-    return CheckpointError(f"{path} is not a safetensors file (unrecognised first bytes); "
-                           f"OmniSync loads only .safetensors checkpoints")
-
-
-def _check_path(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
-    kind = sniff_format(path)
-    if kind != "safetensors":
-        raise _refusal(path, kind)
-    return path
-
-
-def read_header(path: PathLike) -> dict:
-    """Parsed safetensors header of a checked file: {name: {"dtype", "shape", "data_offsets"}, "__metadata__"?}.
-
-    Raises ``FileNotFoundError`` or :class:`CheckpointError` (refused format, truncated file, corrupt header).
-    """
-    path = _check_path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        if n > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path}: safetensors header length {n} is implausible; the file is corrupt")
-        if 8 + n > size:
-            raise CheckpointError(f"{path} is truncated: its header alone needs {8 + n} bytes, the file has {size}")
-        raw = fh.read(n)
-    header = _parse_header(path, raw)
-    expected = 8 + n + _data_end(path, header)
-    if size < expected:
-        raise CheckpointError(f"{path} is truncated: expected {expected} bytes, found {size}")
-    return header
-
-
-def _parse_header(path: Path, raw: bytes) -> dict:
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc}); the file is corrupt") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
-    return header
-
-
-def _data_end(path: Path, header: dict) -> int:
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError) as exc:
-            raise CheckpointError(
-                f"{path}: header entry {name!r} has no valid data_offsets; the file is corrupt") from exc
-    return end
-
-
-def read_metadata(path: PathLike) -> dict[str, str]:
-    """The ``__metadata__`` string map of a safetensors checkpoint ({} when absent)."""
-    meta = read_header(path).get("__metadata__") or {}
-    return dict(meta)
-
-
-def read_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, read from the header only (no tensor data is loaded)."""
-    header = read_header(path)
-    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
 
 
 def read_config(path: PathLike) -> OmniSyncConfig:
@@ -292,35 +154,6 @@ def _field_defaults() -> dict:
 # --------------------------------------------------------------------------------------------- load
 
 
-def _listing(title: str, items: list[str]) -> str:
-    shown = "\n    ".join(items[:MAX_LISTED])
-    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"  {title} ({len(items)}):\n    {shown}{more}"
-
-
-def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
-    """{"missing": [...], "unexpected": [...], "shape": ["name: expected [..], found [..]", ...]}."""
-    expected = model.state_dict()
-    shape = [f"{k}: expected {list(expected[k].shape)}, found {list(v.shape)}"
-             for k, v in state_dict.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    return {
-        "missing": sorted(set(expected) - set(state_dict)),
-        "unexpected": sorted(set(state_dict) - set(expected)),
-        "shape": sorted(shape),
-    }
-
-
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                            source: str = "state dict") -> None:
-    """Strict load; raises :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
-    problems = state_dict_mismatches(model, state_dict)
-    titles = {"missing": "missing keys", "unexpected": "unexpected keys", "shape": "shape mismatches"}
-    parts = [_listing(titles[k], v) for k, v in problems.items() if v]
-    if parts:
-        raise CheckpointError(f"{source} does not match the model:\n" + "\n".join(parts))
-    model.load_state_dict(state_dict, strict=True)
-
-
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
                     operations=nn) -> OmniSyncModel:
     """Load a safetensors checkpoint into a new :class:`OmniSyncModel` in eval mode.
@@ -329,10 +162,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", dt
     (stored float16 / bfloat16 weights are upcast on load). ``operations`` is passed to the layers (comfy.ops).
     """
     config = read_config(path)
-    try:
-        state_dict = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read tensors: {exc}") from exc
+    state_dict = read_tensors(path)
     model = OmniSyncModel(config, dtype=dtype, operations=operations)
     load_state_dict_checked(model, state_dict, source=str(path))
     logger.info("loaded %s (%s, %d tensors)", path, config.name, len(state_dict))
@@ -341,7 +171,7 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", dt
 
 # --------------------------------------------------------------------------------------------- shipped model
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 DEMO_CHECKPOINT = "omnisync_small_demo.safetensors"
 
 
@@ -349,11 +179,6 @@ def default_checkpoint() -> Optional[Path]:
     """The demo checkpoint shipped inside the package, or None when it is absent."""
     path = ASSETS_DIR / DEMO_CHECKPOINT
     return path if path.is_file() else None
-
-
-def checkpoint_parameters(path: PathLike) -> int:
-    """Parameter count of a checkpoint from its header alone (no tensor is loaded)."""
-    return sum(math.prod(shape) for shape in read_shapes(path).values())
 
 
 def read_checkpoint_info(path: PathLike) -> tuple[OmniSyncConfig, dict[str, str], int]:

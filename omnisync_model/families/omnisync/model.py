@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .audio import ENCODER_RATE, ENCODER_TIME_SHIFT, AudioEncoder, FeatureAdapter, align_features
+from ...core.audio import ENCODER_RATE, ENCODER_TIME_SHIFT, align_features
+from .audio_encoder import AudioEncoder, FeatureAdapter
 from .config import SIGMA_MIN, OmniSyncConfig
 from .dit import OmniSyncDiT
 

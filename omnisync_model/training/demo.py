@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .bench import Case, measure, sync_case
-from .pipeline import LipSyncOptions
-from .video_io import VideoWriter
+from ..sampling.pipeline import LipSyncOptions
+from ..media.video_io import VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .cli import emit, load_model
+    from ..cli.main import emit, load_model
 
     model = load_model(args.checkpoint, torch.device("cpu"))
     figures = run_demo(model, args.out, args.style, args.seconds, args.seed)

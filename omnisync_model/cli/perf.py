@@ -38,13 +38,14 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .codec import PixelCodec
-from .config import get_preset
-from .flow import sigma_schedule
-from .guidance import DSCFG, temporal_weight
-from .model import OmniSyncModel, count_parameters
-from .pipeline import AudioInput, LipSyncOptions, _RunStats, iter_lipsync, lipsync, plan_for_codec
-from .streams import SequentialFrames
+from ..core.codec import PixelCodec
+from ..families.omnisync.config import get_preset
+from ..sampling.flow import sigma_schedule
+from ..sampling.guidance import DSCFG, temporal_weight
+from ..families.omnisync.model import OmniSyncModel, count_parameters
+from ..backends.omnisync import OmniSyncBackend
+from ..sampling.pipeline import AudioInput, LipSyncOptions, RunStats, iter_lipsync, lipsync, plan_for_codec
+from ..media.streams import SequentialFrames
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def lipsync_inputs(n: int, size: int) -> tuple[torch.Tensor, AudioInput]:
 
 def run_lipsync(model, n: int, size: int, options: LipSyncOptions = LipSyncOptions(), stats=None) -> torch.Tensor:
     frames, audio = lipsync_inputs(n, size)
-    return lipsync(frames, FPS, audio, model, PixelCodec(4), options, stats=stats)
+    return lipsync(frames, FPS, audio, OmniSyncBackend(model), PixelCodec(4), options, stats=stats)
 
 
 def windows_for(n: int, options: LipSyncOptions):
@@ -302,7 +303,7 @@ def child_length_run(spec: dict) -> dict:
     synchronize(device)
     t0 = time.perf_counter()
     out_frames = 0
-    for _, chunk in iter_lipsync(frames, FPS, audio, model, PixelCodec(4), LipSyncOptions()):
+    for _, chunk in iter_lipsync(frames, FPS, audio, OmniSyncBackend(model), PixelCodec(4), LipSyncOptions()):
         out_frames += chunk.shape[0]
     synchronize(device)
     seconds = time.perf_counter() - t0
@@ -313,7 +314,7 @@ def child_length_run(spec: dict) -> dict:
     return result
 
 
-def run_child(spec: dict, module: str = "omnisync_model.perf") -> dict:
+def run_child(spec: dict, module: str = "omnisync_model.cli.perf") -> dict:
     """Run ``python -m module --child SPEC`` in a fresh process (its own peak RSS); returns its last stdout line."""
     cmd = [sys.executable, "-m", module, "--child", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -390,7 +391,7 @@ def measure_evaluations(settings: PerfSettings) -> dict:
     forced = replace(opts, guidance=replace(opts.guidance, force_uncond=True))
     results = {}
     for name, o in (("default", opts), ("always_both", forced)):
-        stats = _RunStats()
+        stats = RunStats()
         with ForwardTimer(model) as timer:
             out = run_lipsync(model, n, sz.eval_size, o, stats=stats)
         results[name] = (out, timer.frame_evals, stats, timer.seconds)
@@ -723,7 +724,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    from .cli import CliError, emit, resolve_device, write_json
+    from .main import CliError, emit, resolve_device, write_json
 
     resolve_device(args.device)  # CliError when CUDA is asked for but absent
     try:
@@ -742,10 +743,10 @@ def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omnisync_model.perf")
+    parser = argparse.ArgumentParser(prog="python -m omnisync_model.cli.perf")
     parser.add_argument("--child", required=True, help="JSON spec of one length-scaling run")
     args = parser.parse_args(argv)
-    from .cli import emit
+    from .main import emit
 
     emit(json.dumps(child_length_run(json.loads(args.child))))
     return 0

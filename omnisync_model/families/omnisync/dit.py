@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import OmniSyncConfig
-from .layers import (CrossAttention, FeedForward, SelfAttention, TimestepEmbedding, gate, grid_positions, modulate,
+from ...core.layers import (CrossAttention, FeedForward, SelfAttention, TimestepEmbedding, gate, grid_positions, modulate,
                      rope_angles)
 
 N_MOD = 12  # (shift, scale, gate) x (spatial, temporal, audio, ffn)

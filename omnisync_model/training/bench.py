@@ -21,11 +21,11 @@ from typing import Optional
 
 import torch
 
-from .codec import make_codec
-from .guidance import DSCFG
+from ..backends.omnisync import OmniSyncBackend
+from ..sampling.guidance import DSCFG
 from .metrics import estimate_mouth_opening, pearson_r, psnr_outside, seam_score, ssim_outside
-from .model import OmniSyncModel
-from .pipeline import AudioInput, LipSyncOptions, lipsync, plan_for_codec
+from ..families.omnisync.model import OmniSyncModel
+from ..sampling.pipeline import AudioInput, LipSyncOptions, lipsync, plan_for_codec
 from .synthetic import STYLES, make_speech, make_talking_clip, mouth_opening
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def measure(out: torch.Tensor, clip, gt: torch.Tensor, options: LipSyncOptions) 
 def sync_case(model: OmniSyncModel, case: Case, options: LipSyncOptions):
     """(clip, driving speech, its ground-truth opening, the lip-synced frames) of one held-out case."""
     clip, drive, gt = synth_case(case)
-    out = lipsync(clip.frames, case.fps, AudioInput(drive, 16000), model, make_codec(model.config.codec), options,
+    out = lipsync(clip.frames, case.fps, AudioInput(drive, 16000), OmniSyncBackend(model), None, options,
                   mouth_centres=clip.mouth_centre)
     return clip, drive, gt, out
 
@@ -168,7 +168,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import emit, load_model, write_json
+    from ..cli.main import emit, load_model, write_json
 
     model = load_model(args.checkpoint, torch.device("cpu"))
     result = run_benchmark(model, quick=args.quick, options=LipSyncOptions(steps=args.steps))

@@ -23,14 +23,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Sequence, Union
 
 import torch
 
 logger = logging.getLogger(__name__)
-
-ModelFn = Callable[..., torch.Tensor]
-
 
 @dataclass(frozen=True)
 class DSCFG:
@@ -144,72 +141,105 @@ def combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, weight: Union[torch.Te
     return v_uncond + wt * (v_cond - v_uncond)  # [T, h, w] broadcasts over leading [B, C]
 
 
-class GuidedVelocity:
-    """Velocity function for :func:`flow.euler_sample` applying DS-CFG around a model.
+@dataclass(frozen=True)
+class Guidance:
+    """An ordered chain of guidance branches and the weights of its terms.
 
-    Model protocol: ``model(x [B,C,T,h,w], source [B,C,T,h,w], sigma [B], audio [B,T,K,D] | None,
-    drop_audio=None | BoolTensor[B]) -> v [B,C,T,h,w]``; ``drop_audio[b]`` True means sample b uses the
-    null (unconditional) audio. When the unconditional branch is needed, both branches run in ONE forward
-    with the batch doubled (cond first, then uncond). Counters: ``calls`` (model invocations) and
-    ``evaluations`` (samples evaluated: B per single call, 2B per batched call).
+    branches: names ``b_0 .. b_n`` as the backend's ``denoise`` understands them; the last is the fully
+    conditioned branch. weights(sigma, step) -> ``[W_1 .. W_n]``, each a float or a [T, h, w] map. The guided
+    velocity is ``b_0 + sum_i W_i (b_i - b_{i-1})`` (DS-CFG, CFG and X-Dub's three-branch rule are all of this
+    form). evaluate_all: run every branch even where its coefficient is zero (benchmarks of the skip only).
     """
 
-    def __init__(
-        self,
-        model: ModelFn,
-        source: torch.Tensor,
-        audio: Optional[torch.Tensor],
-        gmap: torch.Tensor,
-        sigma_start: float,
-        cfg: DSCFG,
-    ) -> None:
-        if gmap.ndim != 3 or tuple(gmap.shape) != tuple(source.shape[-3:]):
-            raise ValueError(f"gmap must be [T, h, w]={tuple(source.shape[-3:])}, got {tuple(gmap.shape)}")
-        if audio is not None and audio.shape[0] != source.shape[0]:
-            raise ValueError(f"audio batch {audio.shape[0]} != source batch {source.shape[0]}")
-        if not sigma_start > 0.0:
-            raise ValueError(f"sigma_start must be > 0, got {sigma_start}")
-        self.model = model
-        self.source = source
-        self.audio = audio
-        self.gmap = gmap.detach().to(device=source.device, dtype=torch.float32)
-        self.sigma_start = float(sigma_start)
-        self.cfg = cfg
+    branches: tuple[str, ...]
+    weights: Callable[[float, int], Sequence[Union[torch.Tensor, float]]]
+    evaluate_all: bool = False
+
+
+def _is_one(w: Union[torch.Tensor, float]) -> bool:
+    return bool(torch.as_tensor(w).eq(1.0).all())
+
+
+def _needed(weights: Sequence[Union[torch.Tensor, float]], n: int) -> list[int]:
+    """Indices of branches whose coefficient in ``b_0 + sum W_i (b_i - b_{i-1})`` is nonzero somewhere.
+
+    The coefficient of b_j is W_j - W_{j+1} (with W_0 = 1 and W_{n+1} = 0): the last branch always counts; an
+    earlier one only where two consecutive weights differ.
+    """
+    full = [1.0, *weights, 0.0]
+    out = []
+    for j in range(n):
+        a, b = full[j], full[j + 1]
+        if j == n - 1 or not bool(torch.as_tensor(a).eq(torch.as_tensor(b)).all()):
+            out.append(j)
+    return out
+
+
+def chain_combine(values: Sequence[torch.Tensor], weights: Sequence[Union[torch.Tensor, float]]) -> torch.Tensor:
+    """``b_0 + sum_i W_i (b_i - b_{i-1})`` over velocities [B, C, T, h, w] (weights scalar or [T, h, w])."""
+    if len(values) == 1:
+        return values[0]
+    out = combine(values[1], values[0], weights[0])
+    for i in range(2, len(values)):
+        out = out + _as_weight(weights[i - 1], values[i]) * (values[i] - values[i - 1])
+    return out
+
+
+def _as_weight(w: Union[torch.Tensor, float], like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(w, device=like.device, dtype=like.dtype)  # scalar or [T, h, w], broadcast over [B, C]
+
+
+def ds_cfg_guidance(gmap: torch.Tensor, sigma_start: float, cfg: DSCFG,
+                    branches: tuple[str, ...] = ("uncond", "cond")) -> Guidance:
+    """DS-CFG as a two-branch chain: ``W = max(1, w_peak (sigma / sigma_start)^gamma g(x, y))``."""
+    if len(branches) != 2:
+        raise ValueError(f"DS-CFG guides two branches (uncond, cond), got {branches}")
+    if not sigma_start > 0.0:
+        raise ValueError(f"sigma_start must be > 0, got {sigma_start}")
+    g = gmap.detach().to(torch.float32)
+    return Guidance(branches, lambda sigma, step: [guidance_weight(g, sigma, sigma_start, cfg)], cfg.force_uncond)
+
+
+DenoiseFn = Callable[[torch.Tensor, float, object, Sequence[str]], torch.Tensor]
+
+
+class GuidedDenoiser:
+    """Velocity function for :func:`flow.euler_sample`: a backend's ``denoise`` steered by a :class:`Guidance`.
+
+    ``denoise(x [B,C,T,h,w], sigma, cond, branches) -> [len(branches) * B, C, T, h, w]`` (branch-major). Only
+    branches whose coefficient is nonzero somewhere are evaluated, all of them in ONE call. Counters: ``calls``
+    (denoise invocations) and ``evaluations`` (samples evaluated: B per branch run).
+    """
+
+    def __init__(self, denoise: DenoiseFn, cond: object, guidance: Guidance) -> None:
+        if not guidance.branches:
+            raise ValueError("guidance needs at least one branch")
+        self.denoise, self.cond, self.guidance = denoise, cond, guidance
         self.calls = 0
         self.evaluations = 0
-
-    def reset_counters(self) -> None:
-        self.calls = 0
-        self.evaluations = 0
-
-    def _sigma_batch(self, sigma: float, batch: int, device: torch.device) -> torch.Tensor:
-        return torch.full((batch,), float(sigma), device=device, dtype=torch.float32)  # [B]
-
-    def _single(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        b = x.shape[0]
-        self.calls += 1
-        self.evaluations += b
-        return self.model(x, self.source, self._sigma_batch(sigma, b, x.device), self.audio, drop_audio=None)
-
-    def _batched(self, x: torch.Tensor, sigma: float) -> tuple:
-        b = x.shape[0]
-        x2 = torch.cat([x, x], dim=0)  # [2B, C, T, h, w]: cond half, then uncond half
-        src2 = torch.cat([self.source, self.source], dim=0)  # [2B, C, T, h, w]
-        audio2 = torch.cat([self.audio, self.audio], dim=0)  # [2B, T, K, D]
-        drop = torch.arange(2 * b, device=x.device) >= b  # [2B]: False for cond, True for uncond
-        self.calls += 1
-        self.evaluations += 2 * b
-        v2 = self.model(x2, src2, self._sigma_batch(sigma, 2 * b, x.device), audio2, drop_audio=drop)
-        v_cond, v_uncond = v2.split(b, dim=0)  # [2B, ...] -> 2 x [B, ...]
-        return v_cond, v_uncond
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
-        if x.shape != self.source.shape:
-            raise ValueError(f"x shape {tuple(x.shape)} != source shape {tuple(self.source.shape)}")
-        weight = guidance_weight(self.gmap, sigma, self.sigma_start, self.cfg)  # [T, h, w]
-        if self.audio is None or not (self.cfg.force_uncond or needs_uncond(weight)):
-            # without audio both branches coincide; with W == 1 everywhere the result is the cond branch
-            return self._single(x, sigma)
-        v_cond, v_uncond = self._batched(x, sigma)
-        logger.debug("DS-CFG step %d sigma %.4f max weight %.3f", step, sigma, float(weight.max()))
-        return combine(v_cond, v_uncond, weight)
+        g = self.guidance
+        n = len(g.branches)
+        weights = list(g.weights(sigma, step)) if n > 1 else []
+        if len(weights) != n - 1:
+            raise ValueError(f"guidance gave {len(weights)} weights for {n} branches")
+        need = list(range(n)) if g.evaluate_all else _needed(weights, n)
+        out = self.denoise(x, sigma, self.cond, [g.branches[j] for j in need])
+        b = x.shape[0]
+        if out.shape[0] != b * len(need) or out.shape[1:] != x.shape[1:]:
+            raise ValueError(f"denoise returned {tuple(out.shape)} for {len(need)} branch(es) of {tuple(x.shape)}")
+        self.calls += 1
+        self.evaluations += b * len(need)
+        values = out.split(b, dim=0)  # [len(need) * B, ...] -> len(need) x [B, ...]
+        if len(need) == 1:
+            return values[0]  # every other coefficient is zero: the result is this branch exactly
+        if len(need) == n:
+            logger.debug("guided step %d sigma %.4f (%d branches)", step, sigma, n)
+            return chain_combine(values, weights)
+        full = [1.0, *weights, 0.0]  # coefficients W_j - W_{j+1} of the branches that run
+        acc = None
+        for v, j in zip(values, need):
+            c = _as_weight(full[j], v) - _as_weight(full[j + 1], v)
+            acc = c * v if acc is None else acc + c * v
+        return acc

@@ -2,7 +2,7 @@
 
 A ComfyUI IMAGE batch holds every frame as float32 (a 10-minute 512x512 clip at 25 fps is 47 GB), so long videos
 go through files instead: the input VIDEO's own file is decoded in chunks (three passes, see
-``omnisync_model.lipsync_file``) and the result is encoded as it is produced. Memory is bounded by a window.
+``omnisync_model.media.lipsync_file``) and the result is encoded as it is produced. Memory is bounded by a window.
 
 ComfyUI types handled here
   VIDEO  a file-backed video (core LoadVideo: a path or BytesIO) or frames in memory (core CreateVideo)
@@ -20,11 +20,14 @@ from typing import Any, Mapping, Union
 
 import torch
 
-from ..omnisync_model.lipsync_file import VideoResult, check_blend, lipsync_video
-from ..omnisync_model.model import OmniSyncModel
-from ..omnisync_model.pipeline import LipSyncOptions
-from ..omnisync_model.video_io import VideoWriter, probe_video, to_fraction
-from .adapters import NodeHooks, audio_from_comfy, codec_for, image_to_frames, window_tokens
+from ...omnisync_model.media.lipsync_file import VideoResult, check_blend, lipsync_video
+from ...omnisync_model.media.video_io import VideoWriter, probe_video, to_fraction
+from ...omnisync_model.sampling.backend import Backend
+from ...omnisync_model.sampling.options import LipSyncOptions
+from .audio import audio_from_comfy
+from .codecs import codec_for
+from .frames import image_to_frames
+from .lipsync import NodeHooks
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def write_frames_file(images: torch.Tensor, frame_rate: Any, scratch: Union[str,
     return path
 
 
-def lipsync_video_file(model: OmniSyncModel, source: Path, audio: Mapping[str, Any], out_dir: Union[str, Path],
+def lipsync_video_file(backend: Backend, source: Path, audio: Mapping[str, Any], out_dir: Union[str, Path],
                        options: LipSyncOptions, region: str = "face (auto)", blend: str = "mouth", size: int = 0,
                        vae: Any = None, hooks: NodeHooks = NodeHooks()) -> VideoResult:
     """The OmniSyncLipSyncVideo node without ComfyUI: lip-sync the video file ``source`` to the AUDIO and write a
@@ -81,13 +84,15 @@ def lipsync_video_file(model: OmniSyncModel, source: Path, audio: Mapping[str, A
     if int(size) < 0:
         raise ValueError(f"size must be >= 0 (0 = the model's resolution), got {size}")
     check_blend(blend)
-    codec = codec_for(model, vae, after_vae=hooks.after_vae)
+    codec = codec_for(backend, vae, after_vae=hooks.after_vae)
+    backend.window_rules.check(options.window)
     if hooks.prepare is not None:
         _, _, width, height, _ = probe_video(source)
-        side = int(size) or int(model.config.extra.get("resolution", max(width, height)))
-        model = hooks.prepare(window_tokens(options.window, side, side, codec, model.config.patch_size))
+        native = backend.crop_rules.resolution
+        side = int(size) or (max(native) if native else max(width, height))
+        backend = hooks.prepare(backend.window_tokens(options.window, side, side, codec))
     out = unique_path(out_dir)
-    result = lipsync_video(source, wave, rate, out, model, options, box=REGIONS[region], size=int(size) or None,
+    result = lipsync_video(source, wave, rate, out, backend, options, box=REGIONS[region], size=int(size) or None,
                            blend=blend, codec=codec, progress=hooks.progress, check_interrupt=hooks.check_interrupt)
     log.info("OmniSync: %s", result.summary())
     return result

@@ -27,14 +27,14 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .audio import audio_span_for_frames, frame_centre_times
-from .codec import PixelCodec
-from .config import get_preset
-from .flow import noisy_sample, velocity_target
-from .model import OmniSyncModel, count_parameters
-from .pipeline import LipSyncOptions
+from ..core.audio import audio_span_for_frames, frame_centre_times
+from ..core.codec import PixelCodec
+from ..families.omnisync.config import get_preset
+from ..sampling.flow import noisy_sample, velocity_target
+from ..families.omnisync.model import OmniSyncModel, count_parameters
+from ..sampling.pipeline import LipSyncOptions
 from .synthetic import ClipSpec, make_clip, make_speech, mouth_opening
-from .weights import load_checkpoint, save_checkpoint
+from ..families.omnisync.weights import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .cli import emit
+    from ..cli.main import emit
 
     names = ("preset", "prediction", "steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every",
              "save_every", "lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay")

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .lipsync_file import lipsync_video
+from ..backends.omnisync import OmniSyncBackend
+from ..media.lipsync_file import lipsync_video
 from .perf import build_model, current_rss_kb, peak_rss_kb, run_child, synthetic_speech
-from .pipeline import LipSyncOptions
-from .regions import resize
-from .video_io import VideoWriter, probe_video, read_audio
+from ..sampling.pipeline import LipSyncOptions
+from ..media.regions import resize
+from ..media.video_io import VideoWriter, probe_video, read_audio
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ TARGET_RATIO = 1.2
 
 def write_long_clip(path: Path, seconds: float, size: int, seed: int = 7) -> Path:
     """A ``seconds`` long talking-face clip at ``size`` px and 25 fps with speech: an 8 s loop, written in chunks."""
-    from .synthetic import make_talking_clip
+    from ..training.synthetic import make_talking_clip
 
     clip, _, _ = make_talking_clip(seed, "cartoon", LOOP_S, FPS, 128)
     frames = (resize(clip.frames, (size, size)) * 255).round().to(torch.uint8)  # [L,size,size,3]
@@ -75,7 +76,8 @@ def child_run(spec: dict) -> dict:
     wave = speech_waveform(float(spec["seconds"]))  # [1,N] 16 kHz, held whole like a ComfyUI AUDIO
     baseline = current_rss_kb()
     t0 = time.perf_counter()
-    result = lipsync_video(spec["video"], wave, 16000, spec["out"], model, options, box="auto", size=64)
+    result = lipsync_video(spec["video"], wave, 16000, spec["out"], OmniSyncBackend(model), options, box="auto",
+                           size=64)
     seconds = time.perf_counter() - t0
     peak = peak_rss_kb()  # this process's own peak (not ru_maxrss, which can be the parent's)
     info = probe_video(spec["out"])
@@ -95,7 +97,7 @@ def run_benchmark(work: Path, minutes: tuple[float, float], size: int, steps: in
             write_long_clip(clip, m * 60, size)
         spec = {"video": str(clip), "out": str(work / f"synced_{m:g}min.mp4"), "seconds": m * 60, "steps": steps,
                 "threads": torch.get_num_threads()}
-        run = run_child(spec, "omnisync_model.longvideo")
+        run = run_child(spec, "omnisync_model.cli.longvideo")
         run["ok_frames"] = run["frames_out"] == run["frames_file"] == want
         run["ok_audio"] = abs(run["audio_s"] - want / FPS) < 0.05  # AAC pads to whole 1024-sample frames
         runs[f"{m:g}min"] = run
@@ -128,7 +130,7 @@ def register_cli(sub) -> None:
 
 
 def _cmd_longvideo(args: argparse.Namespace) -> int:
-    from .cli import emit, write_json
+    from .main import emit, write_json
 
     report = run_benchmark(args.work, tuple(args.minutes), args.size, args.steps)
     if args.json:
@@ -138,10 +140,10 @@ def _cmd_longvideo(args: argparse.Namespace) -> int:
 
 
 def _child_main(argv: list[str]) -> int:
-    from .cli import emit
+    from .main import emit
 
     if len(argv) != 2 or argv[0] != "--child":
-        emit("usage: python -m omnisync_model.longvideo --child SPEC_JSON (use `omnisync longvideo`)")
+        emit("usage: python -m omnisync_model.cli.longvideo --child SPEC_JSON (use `omnisync longvideo`)")
         return 2
     emit(json.dumps(child_run(json.loads(argv[1]))))  # the parent reads this line
     return 0

@@ -1,0 +1,53 @@
+"""Sampling options and the audio input of a lip-sync run (shared by the pipeline and every backend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .guidance import DSCFG
+
+__all__ = ["LipSyncOptions", "AudioInput", "STITCH_MODES"]
+
+STITCH_MODES = ("crossfade", "continue")
+
+
+@dataclass(frozen=True)
+class LipSyncOptions:
+    """Sampling options. ``steps`` are the Euler steps actually run, from sigma = tau down to 0.
+
+    stitch: "crossfade" blends overlapping windows (raised cosine); "continue" conditions each window on the
+    previous window's last output frames (backends with motion frames, e.g. X-Dub) and keeps the earlier frames.
+    """
+
+    tau: float = 0.92
+    steps: int = 20
+    shift: float = 1.0
+    window: int = 16
+    overlap: int = 2
+    seed: int = 0
+    guidance: DSCFG = field(default_factory=DSCFG)
+    audio_margin_s: float = 1.0
+    stitch: str = "crossfade"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.window < 1 or not 0 <= self.overlap < self.window:
+            raise ValueError(f"need window >= 1 and 0 <= overlap < window, got window={self.window}, overlap={self.overlap}")
+        if self.stitch not in STITCH_MODES:
+            raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """Either a waveform (any rate, any channels) or external features [S, De] at ``feature_rate`` Hz."""
+
+    waveform: Optional[torch.Tensor] = None  # [C,N] or [N]
+    sample_rate: int = 16000
+    features: Optional[torch.Tensor] = None  # [S,De] external encoder output (Whisper / wav2vec2)
+    feature_rate: float = 50.0

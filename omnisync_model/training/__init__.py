@@ -1,0 +1,2 @@
+"""Training and evaluation: the synthetic talking-face suite, the training recipe, metrics, the benchmark and
+the demo."""
