@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping, Union
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from ..core.checkpoint import CheckpointError, PathLike, read_header
+from ..core.codec import Codec
 from ..sampling.backend import Backend
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackendSpec", "SPECS", "detect_family", "load_backend", "as_backend"]
+__all__ = ["BackendSpec", "SPECS", "detect_family", "load_backend", "load_for_cli", "as_backend"]
 
 Shapes = Mapping[str, tuple]
 
@@ -26,12 +28,15 @@ Shapes = Mapping[str, tuple]
 @dataclass(frozen=True)
 class BackendSpec:
     """name: the family; title: how errors and the loader name it; detect(shapes, metadata) -> bool from the
-    header alone; load(path, device, dtype, operations) -> Backend with strict key and shape checks."""
+    header alone; load(path, device, dtype, operations) -> Backend with strict key and shape checks;
+    load_cli(path, device, vae, audio_models) -> (Backend, Codec or None): everything the command line needs from
+    local files (the VAE through diffusers, the speech encoders), or None when ``load`` is enough."""
 
     name: str
     title: str
     detect: Callable[[Shapes, Mapping[str, str]], bool]
     load: Callable[..., Backend]
+    load_cli: Optional[Callable[..., tuple[Backend, Optional[Codec]]]] = None
 
 
 def _omnisync_detect(shapes: Shapes, meta: Mapping[str, str]) -> bool:
@@ -74,6 +79,31 @@ def load_backend(path: PathLike, device: Union[str, torch.device] = "cpu", dtype
     spec = detect_family(path)
     logger.info("%s: %s checkpoint", path, spec.title)
     return spec.load(path, device=device, dtype=dtype, operations=operations)
+
+
+def spec_named(name: str) -> BackendSpec:
+    for spec in SPECS:
+        if spec.name == name:
+            return spec
+    raise CheckpointError(f"unknown backend {name!r}; this pack runs: {', '.join(s.name for s in SPECS)}")
+
+
+def load_for_cli(name: str, path: PathLike, device: Union[str, torch.device] = "cpu",
+                 vae: Optional[PathLike] = None, audio_models: Optional[PathLike] = None
+                 ) -> tuple[Backend, Optional[Codec]]:
+    """(backend, codec or None for the backend's own) for the command line. ``name`` "auto" detects the family
+    from ``path`` (a .safetensors file; a folder is searched for the family's main file by its ``load_cli``)."""
+    path = Path(path)
+    spec = detect_family(path) if name == "auto" and path.is_file() else None
+    if spec is None:
+        if name == "auto":
+            raise CheckpointError(f"{path} is a folder: say which backend it holds with --backend")
+        spec = spec_named(name)
+    if spec.load_cli is not None:
+        return spec.load_cli(path, device=device, vae=vae, audio_models=audio_models)
+    if vae is not None or audio_models is not None:
+        logger.warning("the %s backend uses neither --vae nor --audio-models; ignoring them", spec.title)
+    return spec.load(path, device=device), None
 
 
 def as_backend(model: Union[Backend, nn.Module]) -> Backend:

@@ -73,6 +73,16 @@ def unit_float(text: str) -> float:
     return value
 
 
+BACKEND_NAMES = ("omnisync", "xdub", "latentsync", "musetalk")
+
+
+def existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return path
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -85,26 +95,40 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     from ..sampling.pipeline import LipSyncOptions
 
     d, g = LipSyncOptions(), DSCFG()
-    p.add_argument("--tau", type=unit_float, default=d.tau, help="progressive init strength (1 = pure noise)")
-    p.add_argument("--steps", type=positive_int, default=d.steps, help="Euler steps from tau down to 0")
-    p.add_argument("--shift", type=float, default=d.shift, help="sigma schedule shift (1 = linear)")
-    p.add_argument("--window", type=positive_int, default=d.window, help="frames per temporal window")
-    p.add_argument("--overlap", type=int, default=d.overlap, help="frames shared by consecutive windows")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--w-peak", type=float, default=g.w_peak, help="DS-CFG peak weight at the mouth")
-    p.add_argument("--w-base", type=float, default=g.w_base, help="DS-CFG weight far from the mouth")
-    p.add_argument("--radius", type=float, default=g.radius, help="DS-CFG Gaussian radius (fraction of frame)")
-    p.add_argument("--gamma", type=float, default=g.gamma, help="DS-CFG temporal decay exponent")
+    note = "default: the backend's own (OmniSync: %s)"
+    p.add_argument("--tau", type=unit_float, default=None,
+                   help="progressive init strength, 1 = pure noise; " + note % d.tau)
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps from tau down to 0; " + note % d.steps)
+    p.add_argument("--shift", type=float, default=None, help="sigma schedule shift, 1 = linear; " + note % d.shift)
+    p.add_argument("--window", type=positive_int, default=None, help="frames per temporal window; " + note % d.window)
+    p.add_argument("--overlap", type=int, default=None, help="frames shared by consecutive windows; " + note % d.overlap)
+    p.add_argument("--stitch", choices=("crossfade", "continue"), default=None,
+                   help="crossfade overlapping windows, or continue from the previous window's last frames "
+                        "(backends with motion frames: X-Dub); " + note % d.stitch)
+    p.add_argument("--seed", type=int, default=None, help="noise seed; " + note % d.seed)
+    p.add_argument("--w-peak", type=float, default=None, help="DS-CFG peak weight at the mouth; " + note % g.w_peak)
+    p.add_argument("--w-base", type=float, default=None, help="DS-CFG weight far from the mouth; " + note % g.w_base)
+    p.add_argument("--radius", type=float, default=None,
+                   help="DS-CFG Gaussian radius as a fraction of the frame; " + note % g.radius)
+    p.add_argument("--gamma", type=float, default=None, help="DS-CFG temporal decay exponent; " + note % g.gamma)
 
 
-def options_from_args(args: argparse.Namespace):
-    from ..sampling.guidance import DSCFG
-    from ..sampling.pipeline import LipSyncOptions
+SAMPLING_FIELDS = ("tau", "steps", "shift", "window", "overlap", "stitch", "seed")
+GUIDANCE_FIELDS = ("w_peak", "w_base", "radius", "gamma")
 
+
+def options_from_args(args: argparse.Namespace, base=None):
+    """The sampling options: ``base`` (the backend's defaults) with every option given on the command line."""
+    import dataclasses
+
+    from ..sampling.options import LipSyncOptions
+
+    base = base if base is not None else LipSyncOptions()
+    given = {k: getattr(args, k) for k in SAMPLING_FIELDS if getattr(args, k, None) is not None}
+    guide = {k: getattr(args, k) for k in GUIDANCE_FIELDS if getattr(args, k, None) is not None}
     try:
-        guidance = DSCFG(w_peak=args.w_peak, w_base=args.w_base, radius=args.radius, gamma=args.gamma)
-        return LipSyncOptions(tau=args.tau, steps=args.steps, shift=args.shift, window=args.window,
-                              overlap=args.overlap, seed=args.seed, guidance=guidance)
+        guidance = dataclasses.replace(base.guidance, **guide)
+        return dataclasses.replace(base, guidance=guidance, **given)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -133,28 +157,29 @@ def load_model(checkpoint: Optional[Path], device: torch.device):
         raise CliError(str(exc)) from None
 
 
-def load_backend(checkpoint: Optional[Path], device: torch.device):
-    """The checkpoint's family detected from its header and loaded as a backend (the shipped demo by default)."""
-    from ..backends.registry import load_backend as load
+def load_backend(args: argparse.Namespace, device: torch.device):
+    """(backend, codec or None) from --backend / --checkpoint (--weights) / --vae / --audio-models; the family is
+    detected from the checkpoint's header unless --backend names it; the shipped demo by default."""
+    from ..backends.registry import load_for_cli
     from ..core.checkpoint import CheckpointError
     from ..families.omnisync.weights import default_checkpoint
 
-    path = checkpoint or default_checkpoint()
+    path = args.checkpoint or default_checkpoint()
     if path is None:
         raise CliError("no --checkpoint given and no shipped demo checkpoint found")
     try:
-        return load(path, device=device)
-    except (CheckpointError, FileNotFoundError) as exc:
+        return load_for_cli(args.backend, path, device=device, vae=args.vae, audio_models=args.audio_models)
+    except (CheckpointError, FileNotFoundError, ImportError) as exc:
         raise CliError(str(exc)) from None
 
 
 def cmd_lipsync(args: argparse.Namespace) -> int:
     from ..media.lipsync_file import lipsync_file
 
-    options = options_from_args(args)
     device = resolve_device(args.device)
-    backend = load_backend(args.checkpoint, device)
-    summary = lipsync_file(args.video, args.audio, args.out, backend, options, box=args.box, size=args.size,
+    backend, codec = load_backend(args, device)
+    options = options_from_args(args, backend.default_options())
+    summary = lipsync_file(args.video, args.audio, args.out, backend, options, codec=codec, box=args.box, size=args.size,
                            blend=args.blend, progress=ProgressBar("lipsync", not args.quiet))
     emit(summary)
     return 0
@@ -202,7 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=existing_file, required=True)
     p.add_argument("--audio", type=existing_file, required=True)
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (the new audio is muxed in)")
-    p.add_argument("--checkpoint", type=existing_file, default=None, help="default: the shipped demo model")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", type=existing_path, default=None,
+                   help="model weights: a .safetensors file or a folder holding the backend's files "
+                        "(default: the shipped demo model)")
+    p.add_argument("--backend", default="auto",
+                   help="model family: auto (detected from the weights), " + ", ".join(BACKEND_NAMES))
+    p.add_argument("--vae", type=existing_path, default=None,
+                   help="the VAE the model works in (a diffusers folder or .safetensors file); not needed for the "
+                        "pixel-codec OmniSync models")
+    p.add_argument("--audio-models", type=existing_path, default=None,
+                   help="folder with the speech encoders a backend needs (X-Dub: Whisper large-v2 + wav2vec2; "
+                        "LatentSync: Whisper tiny), converted with `omnisync convert`")
     p.add_argument("--box", default=None,
                    help="'auto' (follow the located face), 'x,y,w,h' in pixels, or nothing (the whole frame)")
     p.add_argument("--blend", choices=("mouth", "box"), default="mouth",

@@ -176,7 +176,7 @@ def read_tensors(path: PathLike, device: Union[str, torch.device] = "cpu") -> di
 # --------------------------------------------------------------------------------------------- strict load
 
 
-def _listing(title: str, items: list[str]) -> str:
+def listing(title: str, items: list[str]) -> str:
     shown = "\n    ".join(items[:MAX_LISTED])
     more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
     return f"  {title} ({len(items)}):\n    {shown}{more}"
@@ -194,12 +194,17 @@ def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     }
 
 
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and every missing, unexpected and mis-shaped key."""
+    problems = state_dict_mismatches(model, state_dict)
+    titles = {"missing": "missing keys", "unexpected": "unexpected keys", "shape": "shape mismatches"}
+    parts = [listing(titles[k], v) for k, v in problems.items() if v]
+    if parts:
+        raise CheckpointError(f"{source} does not match the model:\n" + "\n".join(parts))
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                             source: str = "state dict") -> None:
     """Strict load; raises :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
-    problems = state_dict_mismatches(model, state_dict)
-    titles = {"missing": "missing keys", "unexpected": "unexpected keys", "shape": "shape mismatches"}
-    parts = [_listing(titles[k], v) for k, v in problems.items() if v]
-    if parts:
-        raise CheckpointError(f"{source} does not match the model:\n" + "\n".join(parts))
+    check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=True)

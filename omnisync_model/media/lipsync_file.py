@@ -157,11 +157,11 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
 
 def lipsync_file(video: Path, audio: Path, out: Path, backend: Backend, options: LipSyncOptions,
                  box: Optional[str] = None, size: Optional[int] = None, blend: str = "mouth",
-                 progress: Optional[ProgressFn] = None) -> str:
+                 progress: Optional[ProgressFn] = None, codec: Optional[Codec] = None) -> str:
     """:func:`lipsync_video` with the speech read from the file ``audio``. Returns a one-line summary."""
     wave, sr = read_audio(audio)
     result = lipsync_video(video, wave, sr, out, backend, options, box=box, size=size, blend=blend,
-                           progress=progress)
+                           codec=codec, progress=progress)
     return result.summary()
 
 

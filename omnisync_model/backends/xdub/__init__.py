@@ -1,0 +1,1 @@
+"""X-Dub as a pipeline backend: the reference's sampler facts (:mod:`.schedule`)."""
