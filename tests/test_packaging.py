@@ -59,3 +59,25 @@ def test_comfy_node_validate_passes():
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "passed" in (proc.stdout + proc.stderr).lower()
+
+
+def _requirement_names(lines):
+    return sorted(line.split(";")[0].strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+def test_requirements_txt_matches_pyproject_without_torch():
+    """ComfyUI-Manager installs requirements.txt into ComfyUI's Python: the same pins as pyproject, never torch."""
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    want = [d for d in meta["project"]["dependencies"] if not d.startswith("torch")]
+    got = _requirement_names((REPO / "requirements.txt").read_text().splitlines())
+    assert got == sorted(want), f"requirements.txt {got} != pyproject minus torch {sorted(want)}"
+    assert not any(name.startswith(("torch", "torchvision", "torchaudio")) for name in got)
+
+
+def test_model_files_import_no_sampling_media_or_nodes():
+    """Model families depend on core/ only (and on their own sub-package)."""
+    banned = ("sampling", "media", "backends", "training", "cli", "faces")
+    for path in (REPO / "omnisync_model" / "families").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module:
+                assert node.module.split(".")[0] not in banned, f"{path.relative_to(REPO)} imports {node.module}"

@@ -174,8 +174,10 @@ def load_backend(args: argparse.Namespace, device: torch.device):
 
 
 def cmd_lipsync(args: argparse.Namespace) -> int:
+    from ..core.files import refuse_same_file
     from ..media.lipsync_file import lipsync_file
 
+    refuse_same_file(args.out, args.video, args.audio)  # before any work: the output may not be an input
     device = resolve_device(args.device)
     backend, codec = load_backend(args, device)
     options = options_from_args(args, backend.default_options())
@@ -205,12 +207,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from ..families.omnisync.config import get_preset
     from ..families.omnisync.model import OmniSyncModel, count_parameters
-    from ..families.omnisync.weights import save_checkpoint
+    from ..core.files import refuse_same_file
+    from ..families.omnisync.weights import default_checkpoint, save_checkpoint
 
     try:
         config = get_preset(args.preset)
     except KeyError as exc:
         raise CliError(str(exc.args[0])) from None
+    refuse_same_file(args.out, default_checkpoint(), kind="shipped demo checkpoint")  # never overwrite the demo
     torch.manual_seed(args.seed)
     model = OmniSyncModel(config)
     save_checkpoint(args.out, model, metadata={"note": "randomly initialised (untrained)"})
@@ -264,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("..training.train", "..training.bench", ".perf", "..training.demo", ".longvideo")
+COMMAND_MODULES = ("..training.train", "..training.bench", ".perf", "..training.demo", ".longvideo", ".convert")
 
 
 def _extra_commands() -> list[Callable]:

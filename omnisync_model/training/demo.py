@@ -17,6 +17,7 @@ import torch
 from .bench import Case, measure, sync_case
 from ..sampling.pipeline import LipSyncOptions
 from ..media.video_io import VideoWriter
+from .synthetic import STYLES
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def mouth_strip(source: torch.Tensor, output: torch.Tensor, boxes: torch.Tensor,
     return strip.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
 
 
-def run_demo(model, out_dir: Path, style: str = "anime", seconds: float = 4.0, seed: int = 900_123,
+def run_demo(model, out_dir: Path, style: str = "sketch", seconds: float = 4.0, seed: int = 900_123,
              options: LipSyncOptions = LipSyncOptions()) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     size = int(model.config.extra.get("resolution", 64))
@@ -69,7 +70,8 @@ def register_cli(sub) -> None:
     p = sub.add_parser("demo", help="lip-sync a generated held-out clip with the shipped model; write mp4 + png")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (demo.mp4, mouths.png)")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo model")
-    p.add_argument("--style", default="anime", help="realistic, cartoon, anime, animal, sketch")
+    p.add_argument("--style", default="sketch", choices=STYLES,
+                   help="drawing style of the generated clip; sketch is held out of training (default: sketch)")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=900_123)
     p.set_defaults(func=_cmd_demo)

@@ -1,4 +1,4 @@
-"""Synthetic talking-face suite: speech-like audio, a ground-truth mouth opening, procedurally drawn faces.
+"""Synthetic talking-face suite: procedurally drawn faces driven by speech-like audio (``speech.py``).
 
 It lets the project prove that a small model trained with the OmniSync recipe lip-syncs (DESIGN.md section 7).
 
@@ -29,136 +29,16 @@ import numpy as np
 import torch
 
 from .metrics import LUMA_709
+from . import sdf
+from .speech import SAMPLE_RATE, seeded_rng, make_speech, mouth_opening  # noqa: F401 (make_speech: public API)
 
 logger = logging.getLogger(__name__)
 
 STYLES = ("realistic", "cartoon", "anime", "animal", "sketch")
 BACKGROUNDS = ("noise", "stripes", "gradient")
-SAMPLE_RATE = 16000
-MIN_WINDOW_S = 0.04  # shortest loudness window for the ground truth (keeps 60 fps targets smooth)
-FLOOR_DB = -40.0  # RMS level (dBFS) that maps to a closed mouth
-RANGE_DB = 30.0  # RMS levels at or above FLOOR_DB + RANGE_DB map to a fully open mouth
 _MOUTH_PAD_PX = 1.5  # mouth box margin around the drawn lips, in pixels
 _CHUNK = 128  # frames rendered at once (bounds memory on long clips)
-_STREAM_SPEECH, _STREAM_POSE, _STREAM_LOOK, _STREAM_BG, _STREAM_BLINK, _STREAM_OCC = range(1, 7)
-
-
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([int(seed), stream])
-
-
-# ---- Speech-like audio ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Speaker:
-    f0: float  # fundamental, Hz (90..260)
-    formant_scale: float  # vocal tract scale (higher voices have higher formants)
-    loudness: float  # peak amplitude of the whole utterance
-    rate: float  # syllable duration scale
-
-
-@dataclass(frozen=True)
-class _Syllable:
-    start: int  # first sample
-    length: int  # samples
-    amp: float
-    f0: tuple[float, float]  # start, end (Hz)
-    formants: tuple[tuple[float, ...], tuple[float, ...]]  # moving from, to (Hz)
-
-
-def _speaker(rng: np.random.Generator) -> Speaker:
-    f0 = float(rng.uniform(90.0, 260.0))
-    scale = 0.85 + 0.3 * (f0 - 90.0) / 170.0 + float(rng.uniform(-0.05, 0.05))
-    return Speaker(f0, scale, float(rng.uniform(0.35, 0.95)), float(rng.uniform(0.8, 1.2)))
-
-
-def _formants(rng: np.random.Generator, speaker: Speaker) -> tuple[float, ...]:
-    base = (rng.uniform(300, 850), rng.uniform(900, 2300), rng.uniform(2400, 3300))
-    return tuple(float(f * speaker.formant_scale) for f in base)
-
-
-def _syllable_plan(rng: np.random.Generator, speaker: Speaker, n_total: int, sr: int) -> list[_Syllable]:
-    """Words of 1-5 syllables (80-300 ms each) separated by pauses of 150-800 ms of exact silence."""
-    t = int(rng.uniform(0.0, 0.4) * sr)
-    plan: list[_Syllable] = []
-    prev = _formants(rng, speaker)
-    while True:
-        for _ in range(int(rng.integers(1, 6))):
-            length = int(np.clip(rng.uniform(0.08, 0.30) * speaker.rate, 0.08, 0.30) * sr)
-            if t + length > n_total:
-                return plan
-            nxt = _formants(rng, speaker)
-            f0a = speaker.f0 * float(rng.uniform(0.9, 1.12))
-            f0b = f0a * float(rng.uniform(0.88, 1.08))
-            plan.append(_Syllable(t, length, float(rng.uniform(0.45, 1.0)), (f0a, f0b), (prev, nxt)))
-            prev, t = nxt, t + length
-        t += int(rng.uniform(0.15, 0.8) * sr)
-
-
-def _synth_syllable(syl: _Syllable, sr: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Harmonic tone shaped by 3 moving formant peaks, unit RMS, times a smooth envelope -> (wave, envelope)."""
-    n = syl.length
-    x = (np.arange(n) + 0.5) / n
-    f0 = syl.f0[0] + (syl.f0[1] - syl.f0[0]) * x  # [n]
-    phase = 2.0 * np.pi * np.cumsum(f0) / sr  # [n]
-    k = np.arange(1, int(min(3800.0, 0.45 * sr) / max(syl.f0)) + 1)[:, None]  # harmonic numbers [K, 1]
-    move = np.clip(x / 0.6, 0.0, 1.0)  # formants glide during the first 60 % of the syllable
-    gain = np.zeros((k.shape[0], n))
-    for j, (bw, g) in enumerate(((90.0, 1.0), (130.0, 0.6), (190.0, 0.3))):
-        fj = syl.formants[0][j] + (syl.formants[1][j] - syl.formants[0][j]) * move  # [n]
-        gain += g / (1.0 + ((k * f0 - fj) / bw) ** 2)  # [K, n]
-    phases = rng.uniform(0.0, 2.0 * np.pi, size=(k.shape[0], 1))
-    tone = (gain * np.sin(k * phase + phases)).sum(0) + 0.02 * rng.standard_normal(n)
-    tone /= np.sqrt(np.mean(tone**2)) + 1e-12
-    env = syl.amp * np.sin(np.pi * x) ** 0.6
-    return tone * env, env
-
-
-def make_speech(seed: int, duration_s: float, sample_rate: int = SAMPLE_RATE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speech-like audio -> (waveform [N] float32, per-sample loudness envelope [N] float32), N = round(d * sr).
-
-    The envelope is the amplitude applied to a unit-RMS carrier (so it tracks the local RMS); both are exactly 0
-    in pauses. The speaker (f0, formant scale, loudness, rate) is drawn from the seed.
-    """
-    n_total = int(round(duration_s * sample_rate))
-    if n_total < 0:
-        raise ValueError(f"duration_s must be >= 0, got {duration_s}")
-    rng = _rng(seed, _STREAM_SPEECH)
-    speaker = _speaker(rng)
-    wave = np.zeros(n_total)
-    env = np.zeros(n_total)
-    for syl in _syllable_plan(rng, speaker, n_total, sample_rate):
-        w, e = _synth_syllable(syl, sample_rate, rng)
-        wave[syl.start : syl.start + syl.length] = w
-        env[syl.start : syl.start + syl.length] = e
-    peak = float(np.abs(wave).max()) if n_total else 0.0
-    if peak > 0.0:
-        wave *= speaker.loudness / peak
-        env *= speaker.loudness / peak
-    return torch.from_numpy(wave).float(), torch.from_numpy(env).float()
-
-
-def mouth_opening(waveform: torch.Tensor, sample_rate: int, fps: float, n_frames: int,
-                  floor_db: float = FLOOR_DB, range_db: float = RANGE_DB) -> torch.Tensor:
-    """Ground-truth mouth opening [n_frames] in 0..1 from the loudness envelope.
-
-    Frame i uses the RMS of the samples in a window of max(1/fps, 40 ms) centred on (i + 0.5) / fps (samples past
-    either end count as silence), mapped by clamp((rms_db - floor_db) / range_db, 0, 1): exactly 0 when the window
-    is silent, monotone non-decreasing in loudness.
-    """
-    x = torch.as_tensor(waveform, dtype=torch.float64).reshape(-1)  # [N]
-    energy = torch.cat([x.new_zeros(1), torch.cumsum(x * x, 0)])  # prefix sums of x^2 [N + 1]
-    width = max(1.0 / fps, MIN_WINDOW_S)
-    centre = (torch.arange(n_frames, dtype=torch.float64) + 0.5) / fps
-    lo = torch.round((centre - width / 2) * sample_rate).long().clamp(0, x.numel())
-    hi = torch.round((centre + width / 2) * sample_rate).long().clamp(0, x.numel())
-    ms = (energy[hi] - energy[lo]).clamp_min(0.0) / max(round(width * sample_rate), 1)
-    db = 10.0 * torch.log10(ms.clamp_min(1e-30))
-    opening = ((db - floor_db) / range_db).clamp(0.0, 1.0)
-    return torch.where(ms > 0.0, opening, torch.zeros_like(opening)).float()
+_STREAM_POSE, _STREAM_LOOK, _STREAM_BG, _STREAM_BLINK, _STREAM_OCC = range(2, 7)  # stream 1 is the speech (speech.py)
 
 
 # ---- Specs and results ---------------------------------------------------------------------------------------------
@@ -330,7 +210,7 @@ def _frame_times(spec: ClipSpec) -> torch.Tensor:
 
 
 def _pose(spec: ClipSpec, layout: _Layout) -> _Pose:
-    rng = _rng(spec.seed, _STREAM_POSE)
+    rng = seeded_rng(spec.seed, _STREAM_POSE)
     t, size, m = _frame_times(spec), float(spec.size), spec.motion
     r0 = size * rng.uniform(0.3, 0.4)
     mx, my = layout.head_a * r0 * 1.05, layout.head_b * r0 * 1.05
@@ -350,7 +230,7 @@ def _blinks(spec: ClipSpec) -> torch.Tensor:
     t = _frame_times(spec)
     out = torch.zeros_like(t)
     if spec.blink:
-        rng = _rng(spec.seed, _STREAM_BLINK)
+        rng = seeded_rng(spec.seed, _STREAM_BLINK)
         start = rng.uniform(0.2, 3.0)
         while start < float(t[-1]) + 1.0:
             dur = rng.uniform(0.12, 0.25)
@@ -360,49 +240,7 @@ def _blinks(spec: ClipSpec) -> torch.Tensor:
     return out.float().view(-1, 1, 1)
 
 
-# ---- Signed-distance helpers (distances in face units unless named *_px) -------------------------------------------
-
-
-def _cov(d_px: torch.Tensor) -> torch.Tensor:
-    """Coverage of a shape from its signed distance in pixels (soft 1-pixel edge)."""
-    return (0.5 - d_px).clamp(0.0, 1.0)
-
-
-def _outline(d_px: torch.Tensor, width_px: float) -> torch.Tensor:
-    return _cov(d_px.abs() - 0.5 * width_px)
-
-
-def _sd_ellipse(u: torch.Tensor, v: torch.Tensor, a, b) -> torch.Tensor:
-    """Approximate signed distance to an ellipse with half-axes a, b (exact on the axes and near the boundary).
-
-    The first-order estimate k0 (k0 - 1) / k1 collapses far outside very flat ellipses (closed eyes, a nearly
-    closed mouth), so it is bounded below by the distance to the bounding box, which never exceeds the true one.
-    """
-    k0 = torch.hypot(u / a, v / b)
-    k1 = torch.hypot(u / (a * a), v / (b * b))
-    inner = -torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-    d = torch.where(k1 > 1e-6, k0 * (k0 - 1.0) / k1.clamp_min(1e-6), inner)
-    return torch.maximum(d, torch.maximum(u.abs() - a, v.abs() - b))
-
-
-def _sd_segment(u: torch.Tensor, v: torch.Tensor, a: tuple, b: tuple) -> torch.Tensor:
-    """Unsigned distance to the segment a-b (capsule of radius 0)."""
-    pu, pv, bu, bv = u - a[0], v - a[1], b[0] - a[0], b[1] - a[1]
-    h = ((pu * bu + pv * bv) / (bu * bu + bv * bv)).clamp(0.0, 1.0)
-    return torch.hypot(pu - bu * h, pv - bv * h)
-
-
-def _sd_box(x: torch.Tensor, y: torch.Tensor, hw, hh, radius) -> torch.Tensor:
-    """Signed distance to a rounded box centred at the origin."""
-    qx, qy = x.abs() - hw + radius, y.abs() - hh + radius
-    outside = torch.hypot(qx.clamp_min(0), qy.clamp_min(0))
-    return outside + torch.maximum(qx, qy).clamp_max(0) - radius
-
-
-def _over(img: torch.Tensor, alpha: torch.Tensor, colour) -> torch.Tensor:
-    """Alpha-composite ``colour`` ([3] or [F,H,W,3]) over img [F,H,W,3]; alpha [F,H,W]. alpha 0 keeps img bitwise."""
-    colour = torch.as_tensor(colour, dtype=img.dtype).expand_as(img)
-    return torch.lerp(img, colour, alpha.unsqueeze(-1))  # exactly img where alpha == 0
+# ---- Geometry (signed-distance primitives in sdf.py; distances in face units unless named *_px) ---------------
 
 
 @dataclass(frozen=True)
@@ -458,7 +296,7 @@ def _box_mask(box_px: torch.Tensor, size: int) -> torch.Tensor:
 
 def _background(spec: ClipSpec, pal: _Palette) -> torch.Tensor:
     """Static textured background [H, W, 3]: smooth noise, stripes or a gradient (paper for sketches)."""
-    rng, size = _rng(spec.seed, _STREAM_BG), spec.size
+    rng, size = seeded_rng(spec.seed, _STREAM_BG), spec.size
     kind = spec.background or BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     c1, c2 = rng.uniform(0.05, 0.95, size=(2, 3))
     if spec.style == "sketch":
@@ -482,7 +320,7 @@ def _background(spec: ClipSpec, pal: _Palette) -> torch.Tensor:
 
 def _head_sd(g: _Geo, lay: _Layout) -> torch.Tensor:
     u = g.u / (1.0 - lay.chin * g.v.clamp(0.0, 1.0) ** 2) if lay.chin else g.u  # anime: pointed chin
-    return _sd_ellipse(u, g.v, lay.head_a, lay.head_b)
+    return sdf.sd_ellipse(u, g.v, lay.head_a, lay.head_b)
 
 
 def _shading(g: _Geo, lay: _Layout, light: tuple) -> torch.Tensor:
@@ -496,7 +334,7 @@ def _shading(g: _Geo, lay: _Layout, light: tuple) -> torch.Tensor:
 
 
 def _hair_sd(g: _Geo, lay: _Layout, bangs: bool) -> torch.Tensor:
-    cap = _sd_ellipse(g.u, g.v + 0.05, lay.head_a + 0.07, lay.head_b + 0.08)
+    cap = sdf.sd_ellipse(g.u, g.v + 0.05, lay.head_a + 0.07, lay.head_b + 0.08)
     if bangs:
         line = -0.3 + 0.12 * torch.sin(9.0 * g.u).abs()  # zig-zag fringe
     else:
@@ -509,60 +347,60 @@ def _draw_eyes(img, g: _Geo, lay: _Layout, pal: _Palette, blink, outline_px: flo
     open_ = (1.0 - blink).clamp_min(0.05)
     for side in (-1.0, 1.0):
         eu, ev = g.fu - side * lay.eye_x, g.fv - lay.eye_y
-        sd_eye = _sd_ellipse(eu, ev, lay.eye_a, lay.eye_b * open_)
-        img = _over(img, _cov(sd_eye * g.r), pal.sclera)
+        sd_eye = sdf.sd_ellipse(eu, ev, lay.eye_a, lay.eye_b * open_)
+        img = sdf.over(img, sdf.cov(sd_eye * g.r), pal.sclera)
         rings = ((lay.iris_r, 0.0, pal.iris), (lay.iris_r * 0.5, 0.0, (0.02, 0.02, 0.02)),
                  (lay.iris_r * 0.3, 0.4 * lay.iris_r, (1.0, 1.0, 1.0)))
         for rad, off, col in rings:
             sd = torch.maximum(torch.hypot(eu + off, ev + off) - rad, sd_eye)
-            img = _over(img, _cov(sd * g.r), col)
+            img = sdf.over(img, sdf.cov(sd * g.r), col)
         if outline_px > 0:
-            img = _over(img, _outline(sd_eye * g.r, outline_px), pal.line)
+            img = sdf.over(img, sdf.outline(sd_eye * g.r, outline_px), pal.line)
         if brow > 0:
             y = lay.eye_y - lay.eye_b - 0.1
-            d = _sd_segment(g.fu, g.fv, (side * (lay.eye_x - lay.eye_a), y), (side * (lay.eye_x + lay.eye_a), y - 0.03))
-            img = _over(img, _cov((d - 0.5 * brow) * g.r), pal.hair if pal.hair != pal.skin else pal.line)
+            d = sdf.sd_segment(g.fu, g.fv, (side * (lay.eye_x - lay.eye_a), y), (side * (lay.eye_x + lay.eye_a), y - 0.03))
+            img = sdf.over(img, sdf.cov((d - 0.5 * brow) * g.r), pal.hair if pal.hair != pal.skin else pal.line)
     return img
 
 
 def _draw_realistic(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
     skin = torch.tensor(pal.skin)
-    img = _over(img, _cov(_sd_box(g.u, g.v - 1.6, 0.36, 0.9, 0.1) * g.r), skin * 0.72)  # neck
+    img = sdf.over(img, sdf.cov(sdf.sd_box(g.u, g.v - 1.6, 0.36, 0.9, 0.1) * g.r), skin * 0.72)  # neck
     for side in (-1.0, 1.0):
-        img = _over(img, _cov(_sd_ellipse(g.u - side * lay.head_a * 0.97, g.v + 0.02, 0.11, 0.2) * g.r), skin * 0.85)
-    img = _over(img, _cov(_head_sd(g, lay) * g.r), skin * _shading(g, lay, pal.light))
-    img = _over(img, _cov(_hair_sd(g, lay, False) * g.r), pal.hair)
+        img = sdf.over(img, sdf.cov(sdf.sd_ellipse(g.u - side * lay.head_a * 0.97, g.v + 0.02, 0.11, 0.2) * g.r), skin * 0.85)
+    img = sdf.over(img, sdf.cov(_head_sd(g, lay) * g.r), skin * _shading(g, lay, pal.light))
+    img = sdf.over(img, sdf.cov(_hair_sd(g, lay, False) * g.r), pal.hair)
     img = _draw_eyes(img, g, lay, pal, blink, 0.8, 0.05)
-    nose = _sd_ellipse(g.fu - 0.02, g.fv - 0.17, 0.07, 0.05)
-    return _over(img, 0.35 * _cov(nose * g.r), skin * 0.6)
+    nose = sdf.sd_ellipse(g.fu - 0.02, g.fv - 0.17, 0.07, 0.05)
+    return sdf.over(img, 0.35 * sdf.cov(nose * g.r), skin * 0.6)
 
 
 def _draw_cartoon(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
     ow = 1.2  # outline width, pixels
     for side in (-1.0, 1.0):
-        ear = _sd_ellipse(g.u - side * lay.head_a, g.v, 0.16, 0.16) * g.r
-        img = _over(_over(img, _cov(ear), pal.skin), _outline(ear, ow), pal.line)
+        ear = sdf.sd_ellipse(g.u - side * lay.head_a, g.v, 0.16, 0.16) * g.r
+        img = sdf.over(sdf.over(img, sdf.cov(ear), pal.skin), sdf.outline(ear, ow), pal.line)
     head = _head_sd(g, lay) * g.r
-    img = _over(_over(img, _cov(head), pal.skin), _outline(head, ow), pal.line)
+    img = sdf.over(sdf.over(img, sdf.cov(head), pal.skin), sdf.outline(head, ow), pal.line)
     hair = _hair_sd(g, lay, False) * g.r
-    img = _over(_over(img, _cov(hair), pal.hair), _outline(hair, ow), pal.line)
+    img = sdf.over(sdf.over(img, sdf.cov(hair), pal.hair), sdf.outline(hair, ow), pal.line)
     img = _draw_eyes(img, g, lay, pal, blink, 1.0, 0.0)
-    nose = _sd_ellipse(g.fu, g.fv - 0.15, 0.07, 0.07) * g.r
-    return _over(_over(img, _cov(nose), _tuple(np.array(pal.skin) * 0.85)), _outline(nose, 0.8), pal.line)
+    nose = sdf.sd_ellipse(g.fu, g.fv - 0.15, 0.07, 0.07) * g.r
+    return sdf.over(sdf.over(img, sdf.cov(nose), _tuple(np.array(pal.skin) * 0.85)), sdf.outline(nose, 0.8), pal.line)
 
 
 def _draw_anime(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
-    img = _over(img, _cov(_sd_ellipse(g.u, g.v - 0.2, 1.0, 1.2) * g.r), _tuple(np.array(pal.hair) * 0.8))
-    img = _over(img, _cov(_sd_box(g.u, g.v - 1.6, 0.28, 0.9, 0.1) * g.r), _tuple(np.array(pal.skin) * 0.85))
+    img = sdf.over(img, sdf.cov(sdf.sd_ellipse(g.u, g.v - 0.2, 1.0, 1.2) * g.r), _tuple(np.array(pal.hair) * 0.8))
+    img = sdf.over(img, sdf.cov(sdf.sd_box(g.u, g.v - 1.6, 0.28, 0.9, 0.1) * g.r), _tuple(np.array(pal.skin) * 0.85))
     head = _head_sd(g, lay) * g.r
-    img = _over(_over(img, _cov(head), pal.skin), _outline(head, 0.7), pal.line)
-    img = _over(img, _cov(_hair_sd(g, lay, True) * g.r), pal.hair)
+    img = sdf.over(sdf.over(img, sdf.cov(head), pal.skin), sdf.outline(head, 0.7), pal.line)
+    img = sdf.over(img, sdf.cov(_hair_sd(g, lay, True) * g.r), pal.hair)
     img = _draw_eyes(img, g, lay, pal, blink, 1.1, 0.03)
     for side in (-1.0, 1.0):  # blush
-        blush = _sd_ellipse(g.fu - side * 0.45, g.fv - 0.3, 0.1, 0.05) * g.r
-        img = _over(img, 0.4 * _cov(blush), (1.0, 0.55, 0.6))
-    nose = _sd_segment(g.fu, g.fv, (0.0, 0.28), (0.02, 0.33)) * g.r
-    return _over(img, 0.6 * _cov(nose - 0.4), pal.line)
+        blush = sdf.sd_ellipse(g.fu - side * 0.45, g.fv - 0.3, 0.1, 0.05) * g.r
+        img = sdf.over(img, 0.4 * sdf.cov(blush), (1.0, 0.55, 0.6))
+    nose = sdf.sd_segment(g.fu, g.fv, (0.0, 0.28), (0.02, 0.33)) * g.r
+    return sdf.over(img, 0.6 * sdf.cov(nose - 0.4), pal.line)
 
 
 def _draw_animal(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
@@ -571,41 +409,41 @@ def _draw_animal(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
         c, s = math.cos(side * 0.45), math.sin(side * 0.45)
         eu, ev = g.u - side * 0.55, g.v + 0.75
         ru, rv = c * eu + s * ev, -s * eu + c * ev  # rotate into the ear frame
-        img = _over(img, _cov(_sd_ellipse(ru, rv, 0.22, 0.38) * g.r), fur * 0.9)
-        img = _over(img, _cov(_sd_ellipse(ru, rv + 0.05, 0.11, 0.22) * g.r), (0.9, 0.6, 0.62))
+        img = sdf.over(img, sdf.cov(sdf.sd_ellipse(ru, rv, 0.22, 0.38) * g.r), fur * 0.9)
+        img = sdf.over(img, sdf.cov(sdf.sd_ellipse(ru, rv + 0.05, 0.11, 0.22) * g.r), (0.9, 0.6, 0.62))
     texture = 1.0 + 0.07 * torch.sin(45.0 * g.u + 3.0 * torch.sin(20.0 * g.v)) * torch.sin(40.0 * g.v)
-    img = _over(img, _cov(_head_sd(g, lay) * g.r), fur * (texture * 0.9 + 0.1).unsqueeze(-1))
+    img = sdf.over(img, sdf.cov(_head_sd(g, lay) * g.r), fur * (texture * 0.9 + 0.1).unsqueeze(-1))
     if pal.pattern > 0:  # stripes on the forehead
         band = (torch.sin(18.0 * g.u).abs() - 0.6).clamp_min(0.0) * 2.5 * (-0.25 - g.v).clamp(0.0, 0.1) * 10.0
-        img = _over(img, band * _cov(_head_sd(g, lay) * g.r), pal.hair)
-    snout = _sd_ellipse(g.fu, g.fv - lay.mouth_y + 0.05, 0.38, 0.3)
-    img = _over(img, _cov(snout * g.r), _lift(np.array(pal.skin) * 1.25, 0.5))
+        img = sdf.over(img, band * sdf.cov(_head_sd(g, lay) * g.r), pal.hair)
+    snout = sdf.sd_ellipse(g.fu, g.fv - lay.mouth_y + 0.05, 0.38, 0.3)
+    img = sdf.over(img, sdf.cov(snout * g.r), _lift(np.array(pal.skin) * 1.25, 0.5))
     img = _draw_eyes(img, g, lay, pal, blink, 0.6, 0.0)
-    img = _over(img, _cov(_sd_ellipse(g.fu, g.fv - lay.mouth_y + 0.3, 0.09, 0.055) * g.r), (0.08, 0.06, 0.06))
+    img = sdf.over(img, sdf.cov(sdf.sd_ellipse(g.fu, g.fv - lay.mouth_y + 0.3, 0.09, 0.055) * g.r), (0.08, 0.06, 0.06))
     for side in (-1.0, 1.0):
         for k in range(3):
             y0 = lay.mouth_y - 0.06 + 0.05 * k
-            d = _sd_segment(g.fu, g.fv, (side * 0.4, y0), (side * 0.85, y0 - 0.1 + 0.1 * k)) * g.r
-            img = _over(img, 0.8 * _cov(d - 0.3), (0.25, 0.22, 0.2))
+            d = sdf.sd_segment(g.fu, g.fv, (side * 0.4, y0), (side * 0.85, y0 - 0.1 + 0.1 * k)) * g.r
+            img = sdf.over(img, 0.8 * sdf.cov(d - 0.3), (0.25, 0.22, 0.2))
     return img
 
 
 def _draw_sketch(img, g: _Geo, lay: _Layout, pal: _Palette, blink):
     head = _head_sd(g, lay) * g.r
     lam = _shading(g, lay, pal.light)[..., 0]
-    hatch = ((torch.frac((g.u + g.v) * 9.0) - 0.8).clamp_min(0.0) * 5.0) * (lam < 0.85) * _cov(head)
+    hatch = ((torch.frac((g.u + g.v) * 9.0) - 0.8).clamp_min(0.0) * 5.0) * (lam < 0.85) * sdf.cov(head)
     hatch = hatch * ((g.fu.abs() > 0.5) | (g.fv < 0.1))  # keep hatching away from the mouth
-    img = _over(img, 0.5 * hatch, (0.6, 0.6, 0.62))
+    img = sdf.over(img, 0.5 * hatch, (0.6, 0.6, 0.62))
     for side in (-1.0, 1.0):
-        img = _over(img, _outline(_sd_ellipse(g.u - side * lay.head_a * 0.97, g.v, 0.1, 0.2) * g.r, 0.9), pal.line)
-        neck = _sd_segment(g.u, g.v, (side * 0.3, 0.9), (side * 0.32, 2.5)) * g.r
-        img = _over(img, _cov(neck - 0.45), pal.line)
-    img = _over(img, _cov(head), pal.skin)  # paper inside the head hides the ears' inner halves
-    img = _over(img, _outline(head, 1.0), pal.line)
-    img = _over(img, _outline(_hair_sd(g, lay, False) * g.r, 0.9), pal.line)
+        img = sdf.over(img, sdf.outline(sdf.sd_ellipse(g.u - side * lay.head_a * 0.97, g.v, 0.1, 0.2) * g.r, 0.9), pal.line)
+        neck = sdf.sd_segment(g.u, g.v, (side * 0.3, 0.9), (side * 0.32, 2.5)) * g.r
+        img = sdf.over(img, sdf.cov(neck - 0.45), pal.line)
+    img = sdf.over(img, sdf.cov(head), pal.skin)  # paper inside the head hides the ears' inner halves
+    img = sdf.over(img, sdf.outline(head, 1.0), pal.line)
+    img = sdf.over(img, sdf.outline(_hair_sd(g, lay, False) * g.r, 0.9), pal.line)
     img = _draw_eyes(img, g, lay, pal, blink, 0.9, 0.04)
-    nose = _sd_segment(g.fu, g.fv, (0.0, 0.0), (0.04, 0.2)) * g.r
-    return _over(img, _cov(nose - 0.4), pal.line)
+    nose = sdf.sd_segment(g.fu, g.fv, (0.0, 0.0), (0.04, 0.2)) * g.r
+    return sdf.over(img, sdf.cov(nose - 0.4), pal.line)
 
 
 _DRAW = {"realistic": _draw_realistic, "cartoon": _draw_cartoon, "anime": _draw_anime,
@@ -617,17 +455,17 @@ def _draw_mouth(img, g: _Geo, lay: _Layout, pal: _Palette, opening: torch.Tensor
     h = opening.view(-1, 1, 1) * lay.mouth_h  # [F, 1, 1] face units
     mu, mv = g.fu, g.fv - lay.mouth_y
     c = mv - 0.3 * h  # the interior grows mostly downward (the jaw drops)
-    inner = _sd_ellipse(mu, c, lay.mouth_w, (0.5 * h).clamp_min(1e-4)) * g.r
-    outer = _sd_ellipse(mu, c, lay.mouth_w + lay.lip_t, 0.5 * h + lay.lip_t) * g.r
-    line = _sd_segment(mu, mv, (-lay.mouth_w, 0.0), (lay.mouth_w, 0.0)) * g.r - 0.5
-    img = _over(img, (_outline(outer, 1.0) if sketch else _cov(outer)) * keep, pal.lips)
-    img = _over(img, _cov(line) * keep, pal.interior)
+    inner = sdf.sd_ellipse(mu, c, lay.mouth_w, (0.5 * h).clamp_min(1e-4)) * g.r
+    outer = sdf.sd_ellipse(mu, c, lay.mouth_w + lay.lip_t, 0.5 * h + lay.lip_t) * g.r
+    line = sdf.sd_segment(mu, mv, (-lay.mouth_w, 0.0), (lay.mouth_w, 0.0)) * g.r - 0.5
+    img = sdf.over(img, (sdf.outline(outer, 1.0) if sketch else sdf.cov(outer)) * keep, pal.lips)
+    img = sdf.over(img, sdf.cov(line) * keep, pal.interior)
     thin = (h * g.r).clamp(max=1.0)  # shapes thinner than a pixel cover proportionally less (0 when closed)
-    img = _over(img, _cov(inner) * thin * keep, pal.interior)
+    img = sdf.over(img, sdf.cov(inner) * thin * keep, pal.interior)
     if pal.teeth is not None:  # upper teeth appear once the mouth is a third open; they never hide the line
         tooth = (0.25 * h - 0.02).clamp(0.0, 0.045)
         teeth = torch.maximum(inner, (mv + 0.2 * h - tooth) * g.r)
-        img = _over(img, _cov(teeth) * (tooth * g.r).clamp(max=1.0) * keep, pal.teeth)
+        img = sdf.over(img, sdf.cov(teeth) * (tooth * g.r).clamp(max=1.0) * keep, pal.teeth)
     return img
 
 
@@ -642,7 +480,7 @@ class _Occluder:
 
 
 def _occluder(spec: ClipSpec, pose: _Pose, box: torch.Tensor, centre: torch.Tensor) -> _Occluder:
-    rng, t = _rng(spec.seed, _STREAM_OCC), _frame_times(spec)
+    rng, t = seeded_rng(spec.seed, _STREAM_OCC), _frame_times(spec)
     side = 1.0 if rng.uniform() < 0.5 else -1.0
     drift_x = _sines(rng, t, 2, 0.15, 0.05, 0.4).float().view(-1, 1, 1)
     drift_y = _sines(rng, t, 2, 0.15, 0.05, 0.4).float().view(-1, 1, 1)
@@ -661,13 +499,13 @@ def _occluder(spec: ClipSpec, pose: _Pose, box: torch.Tensor, centre: torch.Tens
 def _draw_occluder(img, occ: _Occluder, size: int):
     p = torch.arange(size, dtype=torch.float32) + 0.5
     dx, dy = p.view(1, 1, -1) - occ.x, p.view(1, -1, 1) - occ.y  # [F, 1, W], [F, H, 1]
-    sd = _sd_box(dx, dy, 0.42 * occ.r, 0.3 * occ.r, 0.12 * occ.r)  # palm [F, H, W] pixels
+    sd = sdf.sd_box(dx, dy, 0.42 * occ.r, 0.3 * occ.r, 0.12 * occ.r)  # palm [F, H, W] pixels
     for k, length in enumerate((0.45, 0.55, 0.5, 0.38)):
         fx = (k - 1.5) * 0.21 * occ.r
-        finger = _sd_segment(dx, dy, (fx, -0.2 * occ.r), (fx, -(0.3 + length) * occ.r)) - 0.1 * occ.r
+        finger = sdf.sd_segment(dx, dy, (fx, -0.2 * occ.r), (fx, -(0.3 + length) * occ.r)) - 0.1 * occ.r
         sd = torch.minimum(sd, finger)
     shade = (1.0 - 0.25 * (dy / occ.r).clamp(-1.0, 1.0)).clamp(0.6, 1.2).unsqueeze(-1)
-    return _over(img, _cov(sd), torch.tensor(occ.colour) * shade)
+    return sdf.over(img, sdf.cov(sd), torch.tensor(occ.colour) * shade)
 
 
 # ---- Scene assembly and public API ---------------------------------------------------------------------------------
@@ -689,7 +527,7 @@ class _Scene:
 
 
 def _scene(spec: ClipSpec) -> _Scene:
-    look = _rng(spec.seed, _STREAM_LOOK)
+    look = seeded_rng(spec.seed, _STREAM_LOOK)
     layout = _layout(spec.style, look)
     palette = _palette(spec.style, look)
     pose = _pose(spec, layout)
