@@ -28,9 +28,10 @@ class OmniSyncAudioEncode(io.ComfyNode):
                 OmniModel.Input("model"),
                 io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.001,
                                tooltip="Frame rate of the video the audio drives (connect GetVideoComponents.fps)."),
-                io.Int.Input("frame_count", default=25, min=1, max=1_000_000,
-                             tooltip="Number of video frames. Ignored when 'images' is connected (its frame count "
-                                     "is used)."),
+                io.Int.Input("frame_count", display_name="frame_count (if no images)", default=25, min=1,
+                             max=1_000_000,
+                             tooltip="Number of video frames, used only when 'images' is NOT connected; with "
+                                     "'images' connected their frame count is used and this value is ignored."),
                 io.Audio.Input("audio", optional=True,
                                tooltip="Speech, any sample rate and channel count (downmixed and resampled to "
                                        "16 kHz for the model's built-in audio encoder)."),

@@ -7,6 +7,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .audio import OmniSyncAudioEncode
+from .audio_models import OmniSyncAudioModelLoader
 from .face import OmniSyncFaceCrop, OmniSyncFacePaste
 from .lipsync import OmniSyncLipSync
 from .lipsync_video import OmniSyncLipSyncVideo
@@ -29,6 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     OmniSyncPixelVAE,
     OmniSyncWindowSplit,
     OmniSyncWindowStitch,
+    OmniSyncAudioModelLoader,
 ]
 
 

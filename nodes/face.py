@@ -1,14 +1,15 @@
 """OmniSyncFaceCrop / OmniSyncFacePaste: lip-sync small faces in large frames (e.g. 1080x1920).
 
 Crop: a temporally smoothed box around the face and mouth per frame, resized to the model's resolution.
-Paste: the synced crops go back with a feathered edge and colour matching; pixels outside the boxes are
-bit-exact copies of the input frames.
+Paste: the synced crops go back with a feathered edge and colour matching (by default only a soft disc around the
+mouth, as OmniSyncLipSyncVideo does); pixels outside the boxes are bit-exact copies of the input frames.
 """
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..omnisync_model.media.lipsync_file import BLENDS
 from .adapters.faces import CropInfo, crop_faces, paste_faces
 from .runtime import interrupt_check, output_device
 from .types import CATEGORY, OmniCrop, OmniModel, OmniMouth
@@ -78,7 +79,8 @@ class OmniSyncFacePaste(io.ComfyNode):
             display_name="OmniSync Face Paste",
             category=CATEGORY,
             description="Pastes lip-synced crops back into the full frames with a feathered edge and colour "
-                        "matching. Pixels outside the crop boxes are unchanged.",
+                        "matching. Pixels outside the crop boxes are unchanged; with blend 'mouth' only a soft "
+                        "disc around the mouth is taken from the synced crops.",
             inputs=[
                 io.Image.Input("images", tooltip="The full-size frames that were cropped."),
                 io.Image.Input("synced", tooltip="The lip-synced crops (OmniSyncLipSync on OmniSyncFaceCrop's "
@@ -86,10 +88,14 @@ class OmniSyncFacePaste(io.ComfyNode):
                 OmniCrop.Input("crop", tooltip="OmniSyncFaceCrop's crop output."),
                 io.Int.Input("feather", default=16, min=0, max=256,
                              tooltip="Width in pixels of the soft edge blending the crop into the frame."),
+                io.Combo.Input("blend", options=list(BLENDS), default="mouth", optional=True,  # old prompts: absent
+                               tooltip="'mouth': take only a soft disc around the mouth from the synced crops "
+                                       "(the rest keeps the source's full-resolution pixels; frames without a "
+                                       "located mouth stay unchanged). 'box': take the whole crop."),
             ],
             outputs=[io.Image.Output("pasted", display_name="images")],
         )
 
     @classmethod
-    def execute(cls, images, synced, crop: CropInfo, feather: int = 16) -> io.NodeOutput:
-        return io.NodeOutput(paste_faces(images, synced, crop, feather).to(output_device()))
+    def execute(cls, images, synced, crop: CropInfo, feather: int = 16, blend: str = "mouth") -> io.NodeOutput:
+        return io.NodeOutput(paste_faces(images, synced, crop, feather, blend).to(output_device()))

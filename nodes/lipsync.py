@@ -6,7 +6,9 @@ import logging
 
 from comfy_api.latest import io
 
+from .adapters.audio_models import attach_audio_models, model_defaults
 from .adapters.lipsync import lipsync_images, make_options
+from .audio_models import OmniAudioModels
 from .runtime import comfy_hooks
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel, OmniMouth
@@ -41,6 +43,8 @@ class OmniSyncLipSync(io.ComfyNode):
                                             tooltip="Optional Whisper / wav2vec2 features (core "
                                                     "AudioEncoderEncode) used instead of the built-in audio "
                                                     "encoder; needs a checkpoint with a feature adapter."),
+                OmniAudioModels.Input("audio_models", optional=True,
+                                      tooltip="X-Dub: the speech encoders from OmniSync Audio Model Loader."),
                 tau_input(),
                 steps_input(),
                 seed_input(),
@@ -62,8 +66,10 @@ class OmniSyncLipSync(io.ComfyNode):
     @classmethod
     def execute(cls, model, images, fps: float, audio, tau: float, steps: int, seed: int, window: int,
                 overlap: int, w_peak: float, w_base: float, radius: float, gamma: float, vae=None, mouth=None,
-                audio_features=None) -> io.NodeOutput:
-        options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
-        frames, fitted = lipsync_images(model.model.backend, images, fps, audio, options, vae=vae, mouth=mouth,
-                                        audio_features=audio_features, hooks=comfy_hooks(model))
+                audio_features=None, audio_models=None) -> io.NodeOutput:
+        backend, hooks = attach_audio_models(model.model.backend, comfy_hooks(model), audio_models)
+        options = model_defaults(make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma),
+                                 backend)
+        frames, fitted = lipsync_images(backend, images, fps, audio, options, vae=vae, mouth=mouth,
+                                        audio_features=audio_features, hooks=hooks)
         return io.NodeOutput(frames, fitted)

@@ -8,7 +8,9 @@ import folder_paths
 from comfy_api.latest import InputImpl, io
 
 from ..omnisync_model.media.lipsync_file import BLENDS
+from .adapters.audio_models import attach_audio_models, model_defaults
 from .adapters.lipsync import make_options
+from .audio_models import OmniAudioModels
 from .runtime import comfy_hooks
 from .sampling import _DEFAULTS, guidance_inputs, seed_input, steps_input, tau_input
 from .types import CATEGORY, OmniModel
@@ -52,6 +54,8 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="Optional VAE for models trained in a VAE latent space; empty for the "
                                      "pixel-codec models (like the shipped demo model)."),
+                OmniAudioModels.Input("audio_models", optional=True,
+                                      tooltip="X-Dub: the speech encoders from OmniSync Audio Model Loader."),
             ],
             outputs=[io.Video.Output("synced", display_name="video")],
         )
@@ -59,8 +63,10 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, video, audio, region: str, blend: str, size: int, tau: float, steps: int, seed: int,
                 window: int, overlap: int, w_peak: float, w_base: float, radius: float, gamma: float,
-                vae=None) -> io.NodeOutput:
-        options = make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma)
+                vae=None, audio_models=None) -> io.NodeOutput:
+        backend, hooks = attach_audio_models(model.model.backend, comfy_hooks(model), audio_models)
+        options = model_defaults(make_options(tau, steps, seed, window, overlap, w_peak, w_base, radius, gamma),
+                                 backend)
         scratch = os.path.join(folder_paths.get_temp_directory(), SUBFOLDER)
         copy = None
         try:
@@ -69,9 +75,9 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
                 copy = source if is_copy else None
             else:  # frames in memory (e.g. Create Video after a generator)
                 parts = video.get_components()
-                source = copy = write_frames_file(parts.images, parts.frame_rate, scratch)
-            result = lipsync_video_file(model.model.backend, source, audio, scratch, options, region=region,
-                                        blend=blend, size=size, vae=vae, hooks=comfy_hooks(model))
+                source = copy = write_frames_file(parts.images, parts.frame_rate, scratch, hooks.check_interrupt)
+            result = lipsync_video_file(backend, source, audio, scratch, options, region=region,
+                                        blend=blend, size=size, vae=vae, hooks=hooks)
         finally:
             if copy is not None:
                 copy.unlink(missing_ok=True)

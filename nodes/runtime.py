@@ -1,4 +1,10 @@
-"""ComfyUI runtime glue: the memory manager, progress bars and interrupts for the OmniSync pipeline."""
+"""ComfyUI runtime glue: the memory manager, progress bars and interrupts for the OmniSync pipeline.
+
+Memory: the model is loaded through ComfyUI's manager (which frees room for the window's activations by
+offloading other models); the budget the one-node paths plan with is then what that device has free
+(``get_free_memory`` less ComfyUI's reserve) and, for the host, the free system RAM the pack measures itself
+(``MemAvailable`` and cgroup limits, ``OMNISYNC_MEMORY_LIMIT``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
+from ..omnisync_model.core.memory import MemoryBudget, host_memory_available
 from ..omnisync_model.sampling.backend import Backend
 from .adapters.lipsync import NodeHooks
 
@@ -58,9 +65,20 @@ def output_device() -> torch.device:
     return mm.intermediate_device()
 
 
+def memory_budget(backend: Backend) -> MemoryBudget:
+    """Free host RAM (cgroup-aware) and, on an accelerator, what ComfyUI's memory manager reports free there."""
+    device = torch.device(backend.device)
+    host = host_memory_available()
+    if mm.is_device_cpu(device) or device.type == "mps":  # mps shares system memory
+        return MemoryBudget(host, None, str(device))
+    free = max(0, int(mm.get_free_memory(device)) - int(mm.extra_reserved_memory()))
+    return MemoryBudget(host, free, str(device))
+
+
 def comfy_hooks(patcher) -> NodeHooks:
     """NodeHooks for the one-node paths: load through the memory manager, one progress bar over every step of every
     window (the pipeline passes the total), interrupts, outputs on the intermediate device."""
     progress, check = progress_hooks(1)
     return NodeHooks(prepare=lambda tokens: prepare_model(patcher, tokens), progress=progress,
-                     check_interrupt=check, after_vae=lambda: reload_model(patcher), output_device=output_device())
+                     check_interrupt=check, after_vae=lambda: reload_model(patcher), output_device=output_device(),
+                     budget=memory_budget)

@@ -140,7 +140,7 @@ def save_converted(src: Path, dst: Path, tensors: Mapping[str, torch.Tensor], *,
     if validate is not None:
         validate(tensors)
     meta = {"source": src.name, **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    atomic_save(_own_storage(tensors, dtype), dst, meta)
+    atomic_save(_own_storage(tensors, dtype), dst, meta, inputs=(src,))  # refuses dst == src again, atomically
     logger.info("converted %s -> %s (%d tensors)", src, dst, len(tensors))
     return dst
 

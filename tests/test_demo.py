@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from omnisync_model.training.demo import run_demo
-from omnisync_model.training.train import TRAIN_STYLES
+from omnisync_model.training.styles import TRAIN_STYLES
 from omnisync_model.families.omnisync.weights import default_checkpoint, load_checkpoint
 
 

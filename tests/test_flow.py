@@ -211,3 +211,134 @@ def test_euler_keeps_dtype_of_x():
 def test_euler_rejects_wrong_velocity_shape():
     with pytest.raises(ValueError):
         euler_sample(lambda xt, s, i: torch.zeros(3), torch.zeros(2), [1.0, 0.0])
+
+
+# ---- second-order and multistep solvers ---------------------------------------------------------------------
+
+from omnisync_model.sampling.flow import SOLVERS, evaluation_sigmas, solve  # noqa: E402
+
+A_COEF, B_COEF = 0.3, 1.7  # v(sigma) = a + b sigma, independent of x
+
+
+def _affine_v(x, sigma, step):
+    return torch.full_like(x, A_COEF + B_COEF * sigma)
+
+
+def _affine_exact(x0: float, s0: float, s1: float) -> float:
+    """x(s1) for dx/dsigma = a + b sigma from x(s0) = x0."""
+    return x0 + A_COEF * (s1 - s0) + 0.5 * B_COEF * (s1 * s1 - s0 * s0)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_heun_exact_for_velocity_affine_in_sigma(shift):
+    """Exact on every step that does not end at sigma = 0; that last step is Euler (one evaluation, no corrector)."""
+    sig = [float(s) for s in sigma_schedule(5, start=0.92, shift=shift)]
+    out = solve("heun", _affine_v, torch.zeros(3, dtype=torch.float64), sig[:-1] + [0.05])
+    assert torch.allclose(out, torch.full((3,), _affine_exact(0.0, 0.92, 0.05), dtype=torch.float64), atol=1e-14)
+    out = solve("heun", _affine_v, torch.zeros(1, dtype=torch.float64), sig)
+    last_euler = _affine_exact(0.0, sig[-2], 0.0) + sig[-2] * (A_COEF + B_COEF * sig[-2])  # exact - Euler, last step
+    assert float(out[0]) == pytest.approx(_affine_exact(0.0, 0.92, 0.0) - last_euler, abs=1e-14)
+    assert abs(last_euler) > 1e-3
+
+
+def test_heun_never_evaluates_at_sigma_zero():
+    seen = []
+    solve("heun", lambda xt, s, i: seen.append(s) or torch.zeros_like(xt), torch.zeros(1), sigma_schedule(4))
+    assert 0.0 not in seen and len(seen) == 7
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_ab2_exact_after_its_euler_start(shift):
+    """Every AB2 step after the first integrates an affine v exactly: the only error is step 0's Euler error."""
+    sig = [float(s) for s in sigma_schedule(6, start=0.92, shift=shift)]
+    euler_first = _affine_exact(0.0, sig[0], sig[1]) - (sig[1] - sig[0]) * (A_COEF + B_COEF * sig[0])
+    expected = _affine_exact(0.0, sig[0], 0.0) - euler_first
+    out = solve("ab2", _affine_v, torch.zeros(2, dtype=torch.float64), sig)
+    assert float(out[0]) == pytest.approx(expected, abs=1e-14)
+    assert abs(euler_first) > 1e-3  # the test can tell an exact start from an Euler start
+
+
+def test_dpmpp_2m_first_order_step_is_euler():
+    """With two sigmas (one step, first order) DPM-Solver++ in flow coordinates is exactly an Euler step."""
+    x, _ = _pair(3)
+    v = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = x.double()
+    for s0, s1 in [(0.92, 0.6), (1.0, 0.3), (0.4, 0.0)]:
+        out = solve("dpmpp_2m", lambda xt, s, i: v, x, [s0, s1])
+        assert torch.allclose(out, x + (s1 - s0) * v, atol=1e-12)
+
+
+def test_dpmpp_2m_exact_for_constant_data_prediction():
+    """D = x - sigma v constant (a single data point): every solver lands on it, whatever the steps."""
+    target = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    source, noise = _pair(8)
+    x = progressive_init(source.double(), noise.double(), 0.92)
+    for name in SOLVERS:
+        out = solve(name, lambda xt, s, i: (xt - target) / s, x, sigma_schedule(4, start=0.92, shift=2.0))
+        assert torch.allclose(out, target, atol=1e-10), name
+
+
+def _cos_v(x, sigma, step):
+    return math.cos(3.0 * sigma) * x  # dx/dsigma = cos(3 sigma) x -> x(s) = x(s0) exp((sin 3s - sin 3s0) / 3)
+
+
+@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("ab2", 2), ("dpmpp_2m", 2)])
+def test_order_of_convergence(name, order):
+    x0 = torch.ones(1, dtype=torch.float64)
+    exact = math.exp((0.0 - math.sin(3.0 * 0.92)) / 3.0)
+    errs = [abs(float(solve(name, _cos_v, x0, sigma_schedule(n, start=0.92))) - exact) for n in (40, 80, 160)]
+    rates = [math.log2(errs[k] / errs[k + 1]) for k in range(2)]
+    assert all(r > order - 0.2 for r in rates), (name, errs, rates)
+    if order == 1:
+        assert all(r < 1.2 for r in rates), rates  # Euler really is first order (the test can tell)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_solver_calls_callback_once_per_step_and_counts_evaluations(name):
+    sigmas = sigma_schedule(5, start=0.92)
+    seen, steps = [], []
+
+    def vel(xt, s, i):
+        seen.append(s)
+        return torch.full_like(xt, s)
+
+    solve(name, vel, torch.zeros(2), sigmas, callback=lambda i, xt: steps.append(i))
+    assert steps == list(range(5))
+    assert seen == evaluation_sigmas(name, sigmas)
+    assert len(seen) == (9 if name == "heun" else 5)  # Heun: 2 per step, 1 on the step to sigma = 0
+    assert all(s in [float(v) for v in sigmas] for s in seen)  # only the schedule's sigmas are ever evaluated
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_solver_callback_can_interrupt(name):
+    calls = []
+
+    def cb(i, xt):
+        if i == 1:
+            raise KeyboardInterrupt
+
+    def vel(xt, s, i):
+        calls.append(i)
+        return torch.zeros_like(xt)
+
+    with pytest.raises(KeyboardInterrupt):
+        solve(name, vel, torch.zeros(2), sigma_schedule(5), callback=cb)
+    assert max(calls) == 1
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_solver_keeps_dtype_and_checks_shape(name):
+    out = solve(name, lambda xt, s, i: torch.ones(4, dtype=torch.float32), torch.ones(4, dtype=torch.float64),
+                sigma_schedule(3))
+    assert out.dtype == torch.float64
+    with pytest.raises(ValueError):
+        solve(name, lambda xt, s, i: torch.zeros(3), torch.zeros(2), [1.0, 0.5, 0.0])
+
+
+def test_unknown_solver_is_refused():
+    with pytest.raises(ValueError, match="solver"):
+        solve("rk4", _affine_v, torch.zeros(1), [1.0, 0.0])
+    from omnisync_model.sampling.options import LipSyncOptions
+
+    with pytest.raises(ValueError, match="solver"):
+        LipSyncOptions(solver="rk4")

@@ -218,3 +218,84 @@ def test_syncnet_embeddings_windows():
     assert math.isfinite(conf) and dist > 0 and offset in (-2, -1, 0, 1, 2)
     with pytest.raises(ValueError):
         M.syncnet_embeddings(net, crops[:5], wave)
+
+
+# ---- mouth colour: pale blobs ---------------------------------------------------------------------------------
+
+
+def test_rgb_to_lab_reference_values():
+    """sRGB (D65) -> CIE L*a*b*, the standard published values of the primaries, white, mid grey and black."""
+    rgb = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.5],
+                        [0.0, 0.0, 0.0]])
+    want = torch.tensor([[100.0, 0.0, 0.0], [53.24, 80.09, 67.20], [87.73, -86.18, 83.18],
+                         [32.30, 79.19, -107.86], [53.39, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(M.rgb_to_lab(rgb), want, atol=0.01)
+
+
+def _talking(style, seed=900_050, seconds=1.2):
+    clip, wave, sr = S.make_talking_clip(seed, style, seconds, 25.0, 64)
+    other = S.mouth_opening(S.make_speech(seed + 1, seconds)[0], sr, 25.0, clip.frames.shape[0])
+    return clip, other
+
+
+def _paste_pale_blob(clip, frames_idx):
+    """A washed-out blob over the mouth: a Gaussian-weighted mix towards a pale tint of the cheek's colour."""
+    out = clip.frames.clone()
+    _, h, w, _ = out.shape
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")  # pixel centres
+    for i in frames_idx:
+        x0, y0, x1, y1 = (clip.mouth_box[i] * torch.tensor([w, h, w, h])).tolist()
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        weight = torch.exp(-(((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2))[..., None]  # [H, W, 1]
+        cheek = clip.frames[i, int(cy), max(0, int(x0) - 2)]
+        out[i] = out[i] * (1 - weight) + (0.5 * cheek + 0.5) * weight
+    return out
+
+
+@pytest.mark.parametrize("style", ["realistic", "cartoon", "sketch"])
+def test_off_colour_flags_a_pale_blob_and_passes_real_mouths(style):
+    clip, other = _talking(style)
+    n = clip.frames.shape[0]
+    assert not M.mouth_colour_outliers(clip.frames, clip.frames, clip.mouth_box)["any"].any()  # untouched clip
+    redriven = S.make_clip(clip.spec, other)  # a perfect lip-sync of another speech: new openings, same colours
+    assert M.off_colour_fraction(redriven.frames, clip.frames, clip.mouth_box) == 0.0
+    blobbed = [2, 5, 6, 20]
+    flags = M.mouth_colour_outliers(_paste_pale_blob(clip, blobbed), clip.frames, clip.mouth_box)
+    assert flags["any"].nonzero().flatten().tolist() == blobbed
+    assert flags["washed_out"].nonzero().flatten().tolist() == blobbed  # skin / paper tints: in the palette
+    assert flags["pale"].nonzero().flatten().tolist() == blobbed
+    assert M.off_colour_fraction(_paste_pale_blob(clip, blobbed), clip.frames, clip.mouth_box) == len(blobbed) / n
+
+
+def test_off_colour_flags_a_colour_smear_the_contrast_test_misses():
+    clip, _ = _talking("animal")
+    out = clip.frames.clone()
+    n, h, w, _ = out.shape
+    inside = M._box_mask(clip.mouth_box, n, h, w)  # [F, H, W]
+    rows = inside[3].any(1).nonzero().flatten()
+    top = rows[: max(1, len(rows) // 4)]  # the top quarter of frame 3's box turns dark green, the mouth stays
+    out[3, top] = torch.where(inside[3, top, :, None], torch.tensor([0.0, 0.2, 0.0], dtype=out.dtype), out[3, top])
+    flags = M.mouth_colour_outliers(out, clip.frames, clip.mouth_box)
+    assert flags["off_palette"].nonzero().flatten().tolist() == [3]
+    assert not flags["washed_out"].any()
+    assert not flags["pale"].any()  # off the palette, but darker than its nearest source colour
+    whitish = clip.frames.clone()
+    whitish[3, top] = torch.where(inside[3, top, :, None], torch.tensor([0.9, 1.0, 1.0], dtype=out.dtype),
+                                  whitish[3, top])
+    assert M.mouth_colour_outliers(whitish, clip.frames, clip.mouth_box)["pale"].nonzero().flatten().tolist() == [3]
+
+
+def test_off_palette_fraction_counts_pixels_and_ignores_the_outside():
+    clip, _ = _talking("anime", seconds=0.4)
+    out = clip.frames.clone()
+    out[:, :4] = torch.tensor([0.0, 1.0, 0.0])  # green stripe at the top, far from the mouth box
+    assert M.off_palette_fraction(out, clip.frames, clip.mouth_box).max() == 0.0
+    n, h, w, _ = out.shape
+    inside = M._box_mask(clip.mouth_box, n, h, w)  # [F, H, W]
+    first = inside[0].nonzero()[:5]  # five mouth-box pixels of frame 0 turned pure green
+    out[0, first[:, 0], first[:, 1]] = torch.tensor([0.0, 1.0, 0.0])
+    frac = M.off_palette_fraction(out, clip.frames, clip.mouth_box)
+    assert float(frac[0]) == pytest.approx(5 / int(inside[0].sum()))
+    assert float(frac[1:].max()) == 0.0
+    with pytest.raises(ValueError):
+        M.off_palette_fraction(out[:2], clip.frames, clip.mouth_box)

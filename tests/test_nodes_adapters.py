@@ -391,7 +391,7 @@ def test_sampler_inputs_explain_wrong_connections(model):
 def test_locate_track_checks_for_interrupts_per_chunk_and_matches_the_locator():
     frames = _frames(n=130, size=24)
     calls = []
-    track = TR.locate_track(frames, lambda: calls.append(1))
+    track = TR.locate_track(frames, lambda: calls.append(1), finder="locator")
     assert len(calls) == -(-130 // LOCATE.LocateOptions().chunk) == 3  # one check per chunk of 64 frames
     want = LOCATE.locate_mouths(frames)
     assert torch.equal(track.centres, want.centres) and torch.equal(track.valid, want.valid)
@@ -402,5 +402,21 @@ def test_locate_track_checks_for_interrupts_per_chunk_and_matches_the_locator():
     def stop():
         raise Stop
 
-    with pytest.raises(Stop):  # an interrupt is never taken for a locator failure
-        TR.locate_track(frames, stop)
+    for finder in TR.FINDERS:
+        with pytest.raises(Stop):  # an interrupt is never taken for a locator failure
+            TR.locate_track(frames, stop, finder=finder)
+
+
+def test_face_mesh_track_follows_a_drawn_face_and_checks_interrupts_per_chunk():
+    from comfy_helpers import talking_clip
+
+    frames, _ = talking_clip(1.6, 25.0, size=128, seed=7)  # 40 frames of a drawn realistic face
+    calls = []
+    track = TR.locate_track(frames, lambda: calls.append(1), finder="face mesh")
+    assert len(calls) == 2  # chunks of 32 frames
+    assert len(track) == 40 and bool(track.valid.all())
+    locator = LOCATE.locate_mouths(frames)
+    assert float((track.centres - locator.centres).abs().max()) < 0.08  # both find the same mouth
+    assert bool((track.face_boxes[:, 2] > track.face_boxes[:, 0]).all())  # a face box per frame
+    with pytest.raises(ValueError, match="finder"):
+        TR.locate_track(frames, finder="magic")

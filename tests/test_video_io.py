@@ -109,13 +109,27 @@ def test_to_fraction_rejects_non_positive():
         to_fraction(0)
 
 
-def test_odd_size_is_padded_to_even(tmp_path):
-    frames = _frames(n=10, h=31, w=33)
+@pytest.mark.parametrize("h,w", [(31, 33), (32, 33), (31, 32)])
+def test_odd_sizes_keep_their_exact_size(tmp_path, h, w):
+    """An odd side cannot be 4:2:0: the writer encodes yuv444p (H.264 High 4:4:4) and the decoded frames have the
+    source's exact width and height; even sizes stay yuv420p."""
+    frames = _frames(n=10, h=h, w=w)
     path = _write(tmp_path / "odd.mp4", frames, 25)
     video = read_video(path)
-    assert video.frames.shape == (10, 32, 34, 3)
-    assert (video.frames[:, :31, :33] - frames).abs().mean() < 0.05
-    assert (video.frames[:, 31, :33] - frames[:, 30]).abs().mean() < 0.05  # replicated last row
+    assert video.frames.shape == (10, h, w, 3)
+    assert (video.frames - frames).abs().mean() < 0.03
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.pix_fmt == "yuv444p"
+        assert (stream.codec_context.width, stream.codec_context.height) == (w, h)
+    even = _write(tmp_path / "even.mp4", _frames(n=3, h=32, w=32), 25)
+    with av.open(str(even)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
+
+
+def test_odd_size_with_a_4_2_0_format_is_refused(tmp_path):
+    with pytest.raises(MediaError, match=r"33x31.*yuv444p"):
+        VideoWriter(tmp_path / "x.mp4", 25, 33, 31, pix_fmt="yuv420p")
 
 
 def test_uint8_and_max_frames(tmp_path):

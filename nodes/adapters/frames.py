@@ -36,6 +36,26 @@ def image_to_frames(image: torch.Tensor, name: str = "images") -> torch.Tensor:
     return to_float_frames(image, name)
 
 
+NTSC_BASES = (24, 30, 48, 60, 120, 240)  # n * 1000 / 1001 rates
+
+
+def is_standard_rate(fps: float) -> bool:
+    """Whole numbers and the NTSC rates (23.976, 29.97, 59.94 ...), within 0.05 %."""
+    candidates = [round(fps)] + [n * 1000 / 1001 for n in NTSC_BASES]
+    return any(c > 0 and abs(fps - c) <= 5e-4 * c for c in candidates)
+
+
+def warn_if_variable_rate(fps: float, node: str) -> bool:
+    """Warn (and return True) when ``fps`` looks like the average of a variable-frame-rate clip: an IMAGE batch has
+    one rate, so such a clip's frames come back evenly spaced and drift against its audio."""
+    if is_standard_rate(fps):
+        return False
+    log.warning("%s: fps %.3f is not a standard frame rate - is this a variable-frame-rate clip (phones record "
+                "these)? An IMAGE batch has one rate, so the result plays at a constant %.3f fps and may drift "
+                "against the audio; OmniSyncLipSyncVideo keeps every frame's timestamp", node, fps, fps)
+    return True
+
+
 def check_fps(fps: Any) -> float:
     """A frame rate as a positive finite float (FLOAT widget, int or Fraction); clear ValueError otherwise."""
     try:

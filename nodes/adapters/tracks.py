@@ -11,15 +11,32 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ...omnisync_model.faces import SpeakerChoice, TrackOptions, face_track
 from ...omnisync_model.media.locate import MouthLocator, MouthTrack, uniform_track
 
 log = logging.getLogger(__name__)
 
 
-def locate_track(frames: torch.Tensor, check_interrupt: Optional[Callable[[], None]] = None) -> MouthTrack:
-    """The built-in locator, fed a chunk at a time with an interrupt check after each; never aborts (falls back to
-    a uniform track with a warning)."""
+FINDERS = ("face mesh", "locator")  # widget values: MediaPipe's detector + mesh (locator fallback) / locator only
+
+
+def locate_track(frames: torch.Tensor, check_interrupt: Optional[Callable[[], None]] = None,
+                 finder: str = "face mesh", fps: float = 25.0, speaker: Optional[SpeakerChoice] = None,
+                 device=None) -> MouthTrack:
+    """The mouth track of IMAGE frames [F,H,W,3], a chunk at a time with an interrupt check after each; never
+    aborts (falls back to a uniform track with a warning).
+
+    finder "face mesh": the face detector + 478-point mesh, followed frame to frame (``speaker`` picks the face when
+    there are several); frames it misses fall back to the weight-free locator, then to their neighbours.
+    "locator": the weight-free locator alone.
+    """
+    if finder not in FINDERS:
+        raise ValueError(f"finder must be one of {FINDERS}, got {finder!r}")
     try:
+        if finder == "face mesh":
+            track = face_track(frames, float(fps), TrackOptions(keep_landmarks=False), speaker or SpeakerChoice(),
+                               device=device, progress=(lambda _done: check_interrupt()) if check_interrupt else None)
+            return track.mouth_track()
         locator = MouthLocator()
         for start in range(0, frames.shape[0], locator.options.chunk):
             locator.add(frames[start:start + locator.options.chunk])
@@ -27,7 +44,7 @@ def locate_track(frames: torch.Tensor, check_interrupt: Optional[Callable[[], No
                 check_interrupt()
         return locator.finish()
     except (ValueError, RuntimeError) as exc:
-        log.warning("OmniSync mouth locator failed (%s); using the frame centre with uniform guidance", exc)
+        log.warning("OmniSync mouth %s failed (%s); using the frame centre with uniform guidance", finder, exc)
         return uniform_track(frames.shape[0])
 
 

@@ -2,7 +2,12 @@
 
 A ComfyUI IMAGE batch holds every frame as float32 (a 10-minute 512x512 clip at 25 fps is 47 GB), so long videos
 go through files instead: the input VIDEO's own file is decoded in chunks (three passes, see
-``omnisync_model.media.lipsync_file``) and the result is encoded as it is produced. Memory is bounded by a window.
+``omnisync_model.media.lipsync_file``) and the result is encoded as it is produced. Memory is bounded by a window
+and checked before the first model call (the window is shrunk, or the run refused, when it would not fit).
+
+Files: the source is only read (the output, a new name in ComfyUI's temp folder, is refused if it is the source);
+results appear only when complete. A variable-frame-rate source keeps every frame's timestamp (warning), odd
+sizes keep their exact size (yuv444p), a rotated phone clip comes out upright.
 
 ComfyUI types handled here
   VIDEO  a file-backed video (core LoadVideo: a path or BytesIO) or frames in memory (core CreateVideo)
@@ -16,7 +21,7 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -26,7 +31,7 @@ from ...omnisync_model.sampling.backend import Backend
 from ...omnisync_model.sampling.options import LipSyncOptions
 from .audio import audio_from_comfy
 from .codecs import codec_for
-from .frames import image_to_frames
+from .frames import image_to_frames, warn_if_variable_rate
 from .lipsync import NodeHooks
 
 log = logging.getLogger(__name__)
@@ -59,17 +64,22 @@ def spool_stream(source: Union[str, Path, io.BytesIO], scratch: Union[str, Path]
     return path, True
 
 
-def write_frames_file(images: torch.Tensor, frame_rate: Any, scratch: Union[str, Path]) -> Path:
-    """Frames in memory (IMAGE [F,H,W,C]) -> a temporary H.264 file at the exact frame rate, for streaming."""
+def write_frames_file(images: torch.Tensor, frame_rate: Any, scratch: Union[str, Path],
+                      check_interrupt: Optional[Callable[[], None]] = None) -> Path:
+    """Frames in memory (IMAGE [F,H,W,C]) -> a temporary lossless H.264 file at the exact frame rate and size, for
+    streaming (an interrupt check after every chunk; nothing is left on error or interrupt)."""
     frames = image_to_frames(images, "video")
     try:
         fps = to_fraction(frame_rate)
     except (TypeError, ValueError, ZeroDivisionError):
         raise ValueError(f"video: frame rate must be positive, got {frame_rate}") from None
+    warn_if_variable_rate(float(fps), "OmniSyncLipSyncVideo")
     path = unique_path(scratch, "omnisync_input")
     with VideoWriter(path, fps, frames.shape[2], frames.shape[1], crf=0, preset="veryfast") as writer:
         for i in range(0, frames.shape[0], WRITE_CHUNK):
             writer.write(frames[i:i + WRITE_CHUNK])
+            if check_interrupt is not None:
+                check_interrupt()
     return path
 
 
@@ -93,6 +103,7 @@ def lipsync_video_file(backend: Backend, source: Path, audio: Mapping[str, Any],
         backend = hooks.prepare(backend.window_tokens(options.window, side, side, codec))
     out = unique_path(out_dir)
     result = lipsync_video(source, wave, rate, out, backend, options, box=REGIONS[region], size=int(size) or None,
-                           blend=blend, codec=codec, progress=hooks.progress, check_interrupt=hooks.check_interrupt)
+                           blend=blend, codec=codec, progress=hooks.progress, check_interrupt=hooks.check_interrupt,
+                           budget=hooks.memory(backend))
     log.info("OmniSync: %s", result.summary())
     return result

@@ -12,6 +12,7 @@ Shape legend
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -20,6 +21,7 @@ import torch
 from ..core.audio import SAMPLE_RATE, align_features, audio_span_for_frames, frame_centre_times, prepare_audio
 from ..core.codec import Codec, make_codec
 from ..families.omnisync.model import OmniSyncModel
+from ..sampling.frame_times import check_frame_times, window_centre_times, window_time_span
 from ..sampling.backend import AudioCondition, Backend, CropRules, WindowInputs
 from ..sampling.options import AudioInput, LipSyncOptions
 
@@ -47,6 +49,7 @@ class OmniSyncAudio(AudioCondition):
         cfg = model.config
         self.k, self.rate = cfg.audio_tokens, cfg.audio_rate
         self.feature_rate = audio.feature_rate
+        self.times = check_frame_times(audio.frame_times) if audio.frame_times is not None else None  # [F] s
         self.adapted = None
         self.wave = None
         if audio.features is not None:
@@ -59,14 +62,27 @@ class OmniSyncAudio(AudioCondition):
 
     @torch.no_grad()
     def window(self, start: int, n_frames: int, temporal_factor: int) -> torch.Tensor:
-        centres = frame_centre_times(n_frames, self.fps, temporal_factor) + start / self.fps  # [T] seconds, absolute
+        """Audio tokens at each latent frame's real time: i / fps, or the frame's own time (``frame_times``)."""
+        if self.times is None:
+            centres = frame_centre_times(n_frames, self.fps, temporal_factor) + start / self.fps  # [T] s, absolute
+        else:
+            centres = window_centre_times(self.times, start, n_frames, temporal_factor, self.fps)  # [T] s
         if self.adapted is not None:
             return align_features(self.adapted, self.feature_rate, centres, self.k, self.rate)
-        s0, s1, offset = audio_span_for_frames(start, start + n_frames, self.fps, SAMPLE_RATE, self.margin)
+        s0, s1, offset = self._span(start, n_frames)
         piece = self.wave[s0:s1]
         if piece.numel() < MIN_STFT_SAMPLES:  # shorter than one STFT window: the audio has ended, use silence
             piece = torch.zeros(MIN_STFT_SAMPLES)
         return self.model.audio_tokens(piece[None], offset, centres)  # [1,T,K,A]
+
+    def _span(self, start: int, n_frames: int) -> tuple[int, int, float]:
+        """Waveform slice (first sample, end sample, time of the first sample) of the window plus the margin."""
+        if self.times is None:
+            return audio_span_for_frames(start, start + n_frames, self.fps, SAMPLE_RATE, self.margin)
+        t0, t1 = window_time_span(self.times, start, n_frames, self.fps)
+        s0 = max(0, math.floor((t0 - self.margin) * SAMPLE_RATE + 1e-9))
+        s1 = max(s0, math.ceil((t1 + self.margin) * SAMPLE_RATE - 1e-9))
+        return s0, s1, s0 / SAMPLE_RATE
 
 
 @dataclass(frozen=True)

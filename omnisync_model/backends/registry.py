@@ -17,6 +17,8 @@ from torch import nn
 from ..core.checkpoint import CheckpointError, PathLike, read_header
 from ..core.codec import Codec
 from ..sampling.backend import Backend
+from .latentsync import loading as latentsync_loading
+from .xdub import loading as xdub_loading
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ def _omnisync_load(path: PathLike, device: Union[str, torch.device] = "cpu", dty
 
 SPECS: tuple[BackendSpec, ...] = (
     BackendSpec("omnisync", "OmniSync DiT", _omnisync_detect, _omnisync_load),
+    BackendSpec("xdub", "X-Dub (Wan2.2-TI2V-5B lip sync)", xdub_loading.detect, xdub_loading.load, xdub_loading.load_cli),
+    BackendSpec("latentsync", "LatentSync 1.5 / 1.6, MuseTalk 1.5 (SD-1.5 UNet)", latentsync_loading.detect,
+                latentsync_loading.load, latentsync_loading.load_cli),
 )
 
 

@@ -119,16 +119,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def register_cli(sub) -> None:
-    p = sub.add_parser("longvideo", help="peak memory of a long vs a short clip through the file-to-file path")
-    p.add_argument("--work", type=Path, default=Path("out/longvideo"), help="folder for the clips and outputs")
-    p.add_argument("--minutes", type=float, nargs=2, default=(1.0, 10.0), metavar=("SHORT", "LONG"))
-    p.add_argument("--size", type=int, default=512, help="frame width = height in pixels")
-    p.add_argument("--steps", type=int, default=4, help="sampling steps (memory does not depend on them)")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    p.set_defaults(func=_cmd_longvideo)
-
-
 def _cmd_longvideo(args: argparse.Namespace) -> int:
     from .main import emit, write_json
 

@@ -12,9 +12,10 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("omnisync")
 
@@ -73,7 +74,7 @@ def unit_float(text: str) -> float:
     return value
 
 
-BACKEND_NAMES = ("omnisync", "xdub", "latentsync", "musetalk")
+BACKEND_NAMES = ("omnisync", "xdub", "latentsync")  # registry names (MuseTalk files load as latentsync)
 
 
 def existing_path(text: str) -> Path:
@@ -91,8 +92,8 @@ def existing_file(text: str) -> Path:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    from ..sampling.guidance import DSCFG
-    from ..sampling.pipeline import LipSyncOptions
+    from ..sampling.dscfg import DSCFG
+    from ..sampling.options import LipSyncOptions
 
     d, g = LipSyncOptions(), DSCFG()
     note = "default: the backend's own (OmniSync: %s)"
@@ -134,6 +135,8 @@ def options_from_args(args: argparse.Namespace, base=None):
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -205,6 +208,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+
     from ..families.omnisync.config import get_preset
     from ..families.omnisync.model import OmniSyncModel, count_parameters
     from ..core.files import refuse_same_file
@@ -228,14 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("lipsync", help="lip-sync a video file to an audio file")
-    p.add_argument("--video", type=existing_file, required=True)
-    p.add_argument("--audio", type=existing_file, required=True)
+    p.add_argument("--video", type=existing_file, required=True, help="the video to lip-sync (any fps, any length)")
+    p.add_argument("--audio", type=existing_file, required=True,
+                   help="the new speech: an audio file, or a video file whose audio track is used")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (the new audio is muxed in)")
     p.add_argument("--checkpoint", "--weights", dest="checkpoint", type=existing_path, default=None,
                    help="model weights: a .safetensors file or a folder holding the backend's files "
                         "(default: the shipped demo model)")
-    p.add_argument("--backend", default="auto",
-                   help="model family: auto (detected from the weights), " + ", ".join(BACKEND_NAMES))
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKEND_NAMES),
+                   help="model family: auto (detected from the weights' header; default), omnisync, xdub, latentsync "
+                        "(LatentSync 1.5 / 1.6 and MuseTalk 1.5 files)")
     p.add_argument("--vae", type=existing_path, default=None,
                    help="the VAE the model works in (a diffusers folder or .safetensors file); not needed for the "
                         "pixel-codec OmniSync models")
@@ -245,22 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", default=None,
                    help="'auto' (follow the located face), 'x,y,w,h' in pixels, or nothing (the whole frame)")
     p.add_argument("--blend", choices=("mouth", "box"), default="mouth",
-                   help="take only the mouth from the result (default) or the whole box")
+                   help="take only the mouth from the result, or the whole box (default: mouth)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="working size: the box's longer side is resized to this (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto: a GPU if there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_args(p)
     p.set_defaults(func=cmd_lipsync)
 
     p = sub.add_parser("info", help="print a checkpoint's config and parameter count")
-    p.add_argument("checkpoint", type=existing_file)
+    p.add_argument("checkpoint", type=existing_file, help="an OmniSync .safetensors checkpoint")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("init", help="write a randomly initialised checkpoint of a preset (for tests)")
-    p.add_argument("out", type=Path)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("init", help="write a randomly initialised checkpoint of a preset (for tests)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out", type=Path, help="the .safetensors file to write")
+    p.add_argument("--preset", default="tiny", help="model size preset: tiny, small, base")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed")
     p.set_defaults(func=cmd_init)
 
     for register in _extra_commands():
@@ -268,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("..training.train", "..training.bench", ".perf", "..training.demo", ".longvideo", ".convert")
+COMMAND_MODULES = (".commands", ".convert", ".landmarks")  # light modules: their handlers import the heavy code
 
 
 def _extra_commands() -> list[Callable]:

@@ -4,7 +4,8 @@ Figures (one JSON key each, ``{"value", "target", "unit", "ok", "better", "detai
   pipeline_overhead_<preset>  end-to-end ``lipsync`` wall time / time inside OmniSyncModel forwards (hooks)
   length_scaling_time         wall time of 4x the frames / 1x, frames streamed in and consumed chunk by chunk
   length_scaling_memory       peak RSS of 4x / 1x, each run in its own child process
-  evaluations_per_frame       DiT frame-evaluations per output frame at default settings vs always both branches
+  evaluations_per_frame       DiT frame-evaluations per output frame at default settings (target <= 13; the solver,
+                              steps and the skipped unconditional branch all count), checked against always both
   window_overlap_overhead     frames processed / output frames - 1 at the default overlap (and time vs overlap 0)
   dit_throughput_<preset>     forward tokens/s and FLOP/s (CPU fp32; CUDA bf16 with flash SDPA, MFU, frames/s)
   compile                     torch.compile speed-up over eager on one forward shape (``--compile``)
@@ -40,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..core.codec import PixelCodec
 from ..families.omnisync.config import get_preset
-from ..sampling.flow import sigma_schedule
+from ..sampling.flow import evaluation_sigmas, sigma_schedule
 from ..sampling.guidance import DSCFG, temporal_weight
 from ..families.omnisync.model import OmniSyncModel, count_parameters
 from ..backends.omnisync import OmniSyncBackend
@@ -57,8 +58,9 @@ EQUAL_OUTPUT_ATOL = 1e-5
 PIXEL_PRESETS = ("tiny", "small")  # presets built for the pixel codec (48 latent channels): run end to end
 # dense bf16 peak FLOP/s by device name (H100 SXM reports as "NVIDIA H100 80GB HBM3")
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12}
-TARGETS = {"overhead": 1.10, "length_time": 4.2, "length_memory": 1.15, "eval_saving": 0.25,
+TARGETS = {"overhead": 1.10, "length_time": 4.2, "length_memory": 1.15, "evals_per_frame": 13.0,
            "overlap": 0.15, "mfu_base": 0.40}
+PREVIOUS_DEFAULT = LipSyncOptions(steps=20, solver="euler", shift=1.0)  # the sampler before issue 15, for comparison
 
 
 @dataclass(frozen=True)
@@ -357,33 +359,50 @@ def measure_length_scaling(settings: PerfSettings) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------------------------- evaluations
 
 
-def steps_needing_uncond(options: LipSyncOptions, gmap_max: float = 1.0, start: Optional[float] = None,
-                         steps: Optional[int] = None) -> int:
-    """Steps whose DS-CFG weight exceeds 1 somewhere, from the schedule alone: w_peak (s / s0)^gamma max(g) > 1."""
+def evaluation_points(options: LipSyncOptions, start: Optional[float] = None,
+                      steps: Optional[int] = None) -> list:
+    """Sigmas at which the solver evaluates the model over the schedule (Euler: one per step)."""
     s0 = options.tau if start is None else start
     sigmas = sigma_schedule(options.steps if steps is None else steps, start=s0, shift=options.shift)
-    return sum(temporal_weight(float(s), s0, options.guidance) * gmap_max > 1.0 for s in sigmas[:-1])
+    return evaluation_sigmas(options.solver, sigmas)
+
+
+def steps_needing_uncond(options: LipSyncOptions, gmap_max: float = 1.0, start: Optional[float] = None,
+                         steps: Optional[int] = None) -> int:
+    """Evaluations (for Euler and the multistep solvers: steps) whose DS-CFG weight exceeds 1 somewhere, from the
+    schedule alone: w_peak (s / s0)^gamma max(g) > 1."""
+    s0 = options.tau if start is None else start
+    return sum(temporal_weight(float(s), s0, options.guidance) * gmap_max > 1.0
+               for s in evaluation_points(options, s0, steps))
+
+
+def window_frame_evaluations(options: LipSyncOptions, gmap_max: float = 1.0) -> int:
+    """DiT evaluations per frame of a window: every evaluation point, plus the unconditional branch where needed."""
+    n = len(evaluation_points(options))
+    return n + (n if options.guidance.force_uncond else steps_needing_uncond(options, gmap_max))
 
 
 def expected_frame_evaluations(n_frames: int, options: LipSyncOptions, gmap_max: float = 1.0) -> int:
-    """Independent count of frame-evaluations for a run (pixel codec): per window, steps + guided steps."""
-    per_window = options.steps + (options.steps if options.guidance.force_uncond
-                                  else steps_needing_uncond(options, gmap_max))
-    return frames_processed(n_frames, options) * per_window
+    """Independent count of frame-evaluations for a run (pixel codec): window frames x evaluations per frame."""
+    return frames_processed(n_frames, options) * window_frame_evaluations(options, gmap_max)
 
 
 def evaluation_counts(options: LipSyncOptions) -> dict:
     """Per frame of a window: ours, always both branches, and the full 1 -> 0 schedule at the same step size."""
     both = steps_needing_uncond(options)
+    points = len(evaluation_points(options))
     full_steps = math.ceil(options.steps / options.tau - 1e-9)  # same step size, starting from pure noise
+    full_points = len(evaluation_points(options, start=1.0, steps=full_steps))
     full_guided = steps_needing_uncond(options, start=1.0, steps=full_steps)
-    return {"ours": options.steps + both, "always_both": 2 * options.steps, "full_schedule_steps": full_steps,
-            "full_schedule_always_both": 2 * full_steps, "full_schedule_with_skip": full_steps + full_guided,
-            "guided_steps": both}
+    return {"ours": points + both, "always_both": 2 * points, "evaluation_points": points,
+            "full_schedule_steps": full_steps, "full_schedule_always_both": 2 * full_points,
+            "full_schedule_with_skip": full_points + full_guided, "guided_steps": both,
+            "previous_default": window_frame_evaluations(PREVIOUS_DEFAULT)}
 
 
 def measure_evaluations(settings: PerfSettings) -> dict:
-    """Frame-evaluations per output frame at default settings, vs forcing both branches (same output)."""
+    """Frame-evaluations per output frame at default settings (target <= 13), vs forcing both branches (same
+    output) and vs the previous default sampler (20 Euler steps; counted from its schedule, not run)."""
     sz = settings.sizes
     n = sz.eval_frames
     model = build_model("tiny", settings.device, settings.dtype)
@@ -399,10 +418,13 @@ def measure_evaluations(settings: PerfSettings) -> dict:
     ours, both = results["default"][1] / n, results["always_both"][1] / n
     saving = 1.0 - ours / both
     counts = evaluation_counts(opts)
-    target = (1.0 - TARGETS["eval_saving"]) * both
+    target = TARGETS["evals_per_frame"]
     frames_done = frames_processed(n, opts)
+    previous = expected_frame_evaluations(n, PREVIOUS_DEFAULT) / n
     ok = ours <= target and diff <= EQUAL_OUTPUT_ATOL
     return figure(ours, target, "evals/frame", ok, "lower",
+                  solver=opts.solver, steps=opts.steps, shift=opts.shift, previous_default_per_frame=previous,
+                  fraction_of_previous_default=ours / previous,
                   saving_vs_always_both=saving, always_both_per_frame=both, max_abs_diff_vs_always_both=diff,
                   equal_output=diff <= EQUAL_OUTPUT_ATOL,
                   matches_schedule_count=results["default"][1] == expected_frame_evaluations(n, opts)
@@ -556,7 +578,7 @@ def _base_frames_per_s(model) -> float:
     t1 = median(time_forward(model, forward_inputs(model, shape1), "cuda", 3, lambda: sdpa_context("cuda")))
     opts = LipSyncOptions()
     guided = steps_needing_uncond(opts)
-    per_window = guided * t2 + (opts.steps - guided) * t1
+    per_window = guided * t2 + (len(evaluation_points(opts)) - guided) * t1
     return (13 - opts.overlap) / per_window
 
 
@@ -680,6 +702,7 @@ def run_info(settings: PerfSettings, seconds: float) -> dict:
             "threads": torch.get_num_threads(), "cpu": cpu_name(),
             "cuda_device": torch.cuda.get_device_name() if settings.device == "cuda" else None,
             "options": {"tau": LipSyncOptions().tau, "steps": LipSyncOptions().steps,
+                        "solver": LipSyncOptions().solver, "shift": LipSyncOptions().shift,
                         "window": LipSyncOptions().window, "overlap": LipSyncOptions().overlap,
                         "guidance": vars(DSCFG())}}
 
@@ -711,16 +734,6 @@ def parse_presets(text: str) -> tuple:
     if not names:
         raise ValueError("--presets needs at least one preset")
     return names
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("perf", help="performance benchmark: overheads, scaling, evaluations, DiT throughput")
-    p.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats (a few minutes on 2 cores)")
-    p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--presets", default=None, help="comma list (default: tiny,small; tiny,small,base without --quick)")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile against eager")
-    p.set_defaults(func=_cmd_perf)
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:

@@ -12,14 +12,15 @@ import json
 import math
 import os
 import struct
-import uuid
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .files import atomic_output
 
 PathLike = Union[str, os.PathLike]
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -42,16 +43,13 @@ def export_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.T
     return tensor.contiguous().clone()  # own storage: safetensors refuses shared tensors
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    """Write to a temporary file next to ``path`` and rename it into place; never leave a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # created with the usual permissions
-    try:
+def atomic_save(tensors: dict[str, torch.Tensor], path: PathLike, meta: dict[str, str],
+                inputs: Sequence[Optional[PathLike]] = ()) -> None:
+    """Write to a temporary file next to ``path`` and rename it into place (``core.files.atomic_output``): never
+    leave a partial file, keep an existing ``path`` intact on failure, and refuse (SameFileError, before writing)
+    a ``path`` that is one of ``inputs`` (e.g. the checkpoint being converted), also through links."""
+    with atomic_output(path, *inputs) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------- inspect

@@ -1,4 +1,5 @@
-"""Sequential frame access over a stream of chunks, so long videos never sit in memory whole.
+"""Frame sources for the pipeline: sequential access over a stream of chunks (long videos never sit in memory
+whole) and per-frame face crops of frames in memory (made window by window).
 
 Shape legend: n frames in a chunk, H, W frame size, 3 channels.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
+
+from .regions import check_boxes, crop_per_frame
 
 
 class SequentialFrames:
@@ -57,3 +60,22 @@ class SequentialFrames:
         self._forget_before(start)
         joined = torch.cat(self._buf, dim=0) if len(self._buf) > 1 else self._buf[0]  # [buffered,H,W,3]
         return joined[start - self._buf_start:end - self._buf_start]
+
+
+class CroppedFrames:
+    """Frames in memory [F,H,W,3] seen through per-frame crop boxes [F,4] (x, y, w, h): ``crops[a:b]`` crops
+    frames a..b-1 at their boxes and resizes them to ``hw`` (float32 [b-a,h,w,3]); nothing is cropped ahead."""
+
+    def __init__(self, frames: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int]):
+        self._frames = frames
+        self._boxes = check_boxes(boxes, frames.shape[0], frames.shape[1], frames.shape[2])
+        self._hw = (int(hw[0]), int(hw[1]))
+
+    def __len__(self) -> int:
+        return int(self._frames.shape[0])
+
+    def __getitem__(self, item: slice) -> torch.Tensor:
+        if not isinstance(item, slice) or item.step not in (None, 1):
+            raise TypeError("CroppedFrames supports only contiguous slices")
+        start, end, _ = item.indices(len(self))
+        return crop_per_frame(self._frames[start:end], self._boxes[start:end], self._hw)

@@ -6,9 +6,15 @@ upright when the file carries a display rotation (phone videos), as ffmpeg does;
 ``read_video`` aligns the audio to the first video frame (leading silence is added, or early samples dropped, when
 the streams start at different times). ``iter_video_frames`` streams long videos in chunks.
 
-``VideoWriter`` writes H.264 (libx264, yuv420p) with an AAC track, atomically: it writes to a temporary file next
-to the target and renames it on success, so a failed write leaves nothing behind. yuv420p needs even sizes: odd
-widths / heights are padded by one replicated pixel column / row (the file is then 1 pixel wider / taller).
+``frame_timing`` gives every frame's presentation timestamp (from the packets, no decoding) and says whether the
+clip has a variable frame rate; ``iter_video_frames(..., stamps=[])`` collects the decoded frames' timestamps.
+
+``VideoWriter`` writes H.264 (libx264) with an AAC track, atomically (``core.files``: a temporary file next to the
+target, renamed on success, so a failed write leaves nothing behind; an output that is one of ``inputs`` is
+refused). Frames keep their exact width and height: even sizes are encoded yuv420p (the most widely played
+format); an odd width or height, which 4:2:0 chroma cannot hold, is encoded yuv444p (H.264 High 4:4:4, exact
+size, which ffmpeg / VLC / Chrome play and some hardware players do not). With ``time_base`` and per-frame ``pts``
+it keeps a variable-frame-rate clip's timestamps exactly (mp4 / mov store them in that time base).
 
 Shape legend
   F frames   H, W frame height, width   C audio channels   N audio samples
@@ -17,20 +23,23 @@ Shape legend
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import av
 import numpy as np
 import torch
 
+from ..core.files import PathLike, commit, refuse_same_file, temp_path_for
+from .timing import FrameTiming, constant_timing, timing_from_stamps
+
+__all__ = ["MediaError", "VideoData", "VideoInfo", "VideoWriter", "FrameTiming", "frame_timing", "timing_from_stamps",
+           "iter_video_frames", "probe_video", "read_audio", "read_video", "to_fraction", "video_time_base"]
+
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 Audio = tuple[torch.Tensor, int]  # (waveform float32 [C, N], sample rate)
 FFmpegError = av.error.FFmpegError
 LAYOUTS = {1: "mono", 2: "stereo"}  # channel layouts the writer accepts
@@ -115,14 +124,18 @@ def _upright(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
-def _decode_uint8(path: PathLike, max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
-    """Yield upright uint8 [H, W, 3] frames of the first video stream."""
+def _decode_uint8(path: PathLike, max_frames: Optional[int] = None,
+                  stamps: Optional[list] = None) -> Iterator[np.ndarray]:
+    """Yield upright uint8 [H, W, 3] frames of the first video stream (8-bit RGB from any pixel format, 10-bit
+    included); ``stamps`` (a list) receives each yielded frame's pts (None when the file has none)."""
     with _open(path) as container:
         stream = _video_stream(container, path)
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if max_frames is not None and i >= max_frames:
                     return
+                if stamps is not None:
+                    stamps.append(frame.pts)
                 yield _upright(frame)
         except FFmpegError as exc:
             raise MediaError(f"{path}: video decoding failed: {exc}") from exc
@@ -132,12 +145,15 @@ def _to_float(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).float().div_(255.0)
 
 
-def iter_video_frames(path: PathLike, chunk: int = 16, max_frames: Optional[int] = None) -> Iterator[torch.Tensor]:
-    """Stream a video as float32 chunks [n <= chunk, H, W, 3] in 0..1, so long videos need not fit in memory."""
+def iter_video_frames(path: PathLike, chunk: int = 16, max_frames: Optional[int] = None,
+                      stamps: Optional[list] = None) -> Iterator[torch.Tensor]:
+    """Stream a video as float32 chunks [n <= chunk, H, W, 3] in 0..1, so long videos need not fit in memory.
+
+    ``stamps``: a list that receives each frame's pts as it is decoded (see :func:`timing_from_stamps`)."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     buffer: list[np.ndarray] = []
-    for frame in _decode_uint8(path, max_frames):
+    for frame in _decode_uint8(path, max_frames, stamps):
         buffer.append(frame)
         if len(buffer) == chunk:
             yield _to_float(np.stack(buffer))
@@ -171,9 +187,37 @@ def probe_video(path: PathLike) -> VideoInfo:
 
 
 def _count_packets(path: PathLike) -> int:
+    return len(_packet_pts(path)[0])
+
+
+def _packet_pts(path: PathLike) -> tuple[list[Optional[int]], Fraction, Fraction]:
+    """(pts of every video packet with data, in decoding order; the stream's time base; its frame rate)."""
     with _open(path) as container:
         stream = _video_stream(container, path)
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        try:
+            pts = [packet.pts for packet in container.demux(stream) if packet.size]
+        except FFmpegError as exc:
+            raise MediaError(f"{path}: reading the video packets failed: {exc}") from exc
+        return pts, Fraction(stream.time_base), _stream_fps(stream, path)
+
+
+# --------------------------------------------------------------------------------------------- frame timing
+
+
+def frame_timing(path: PathLike) -> FrameTiming:
+    """Every frame's presentation timestamp, from the packets (no decoding): they are sorted into display order
+    (B-frames arrive out of order). Files without timestamps get i / fps (``exact`` False)."""
+    pts, time_base, fps = _packet_pts(path)
+    if not pts:
+        raise MediaError(f"{path} has a video stream without frames")
+    if any(p is None for p in pts):
+        return constant_timing(len(pts), fps)
+    return timing_from_stamps(sorted(pts), time_base, fps)
+
+
+def video_time_base(path: PathLike) -> Fraction:
+    with _open(path) as container:
+        return Fraction(_video_stream(container, path).time_base)
 
 
 def _decode_audio(path: PathLike) -> tuple[np.ndarray, int, float]:
@@ -200,21 +244,40 @@ def _decode_audio(path: PathLike) -> tuple[np.ndarray, int, float]:
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False), int(rate), start
 
 
-def read_audio(path: PathLike) -> Audio:
+def read_audio(path: PathLike, align_to_video: bool = False) -> Audio:
     """Decode the first audio track of any file PyAV reads (wav, mp3, flac, aac, m4a, mp4 ...).
 
-    Returns (waveform float32 [C, N], sample_rate). Raises ``FileNotFoundError`` or :class:`MediaError`.
+    Returns (waveform float32 [C, N], sample_rate). ``align_to_video``: for a file that also has video, the audio
+    is shifted so that sample 0 plays with the first video frame (leading silence when the audio starts later,
+    early samples dropped when it starts earlier), as ``read_video`` does. Raises ``FileNotFoundError`` or
+    :class:`MediaError`.
     """
-    wave, rate, _ = _decode_audio(path)
+    wave, rate, start = _decode_audio(path)
+    if align_to_video and _has_video(path):
+        offset = start - _video_start(path)
+        if abs(offset) * rate >= 1:
+            logger.info("%s: its audio starts %.3f s %s its video; aligned to the first frame", path, abs(offset),
+                        "after" if offset > 0 else "before")
+        wave = _align_audio(wave, rate, offset)
     return torch.from_numpy(np.ascontiguousarray(wave)), rate
 
 
+def _has_video(path: PathLike) -> bool:
+    with _open(path) as container:
+        return bool(container.streams.video)
+
+
 def _video_start(path: PathLike) -> float:
+    """Time of the first video frame (the stream's start, else the first decoded frame's time)."""
     with _open(path) as container:
         stream = _video_stream(container, path)
-        if stream.start_time is None:
-            return 0.0
-        return float(stream.start_time * stream.time_base)
+        if stream.start_time is not None:
+            return float(stream.start_time * stream.time_base)
+        try:
+            first = next(container.decode(stream), None)
+        except FFmpegError as exc:
+            raise MediaError(f"{path}: video decoding failed: {exc}") from exc
+        return float(first.time) if first is not None and first.time is not None else 0.0
 
 
 def _align_audio(wave: np.ndarray, rate: int, offset: float) -> np.ndarray:
@@ -263,12 +326,19 @@ def _as_uint8(frames) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _pad_even(frames: np.ndarray) -> np.ndarray:
-    """Replicate the last row / column so height and width are even (yuv420p)."""
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    return frames
+ODD_SIZE_PIX_FMT = "yuv444p"  # what odd widths / heights are encoded as (4:2:0 needs even sizes)
+
+
+def pixel_format(width: int, height: int, requested: Optional[str] = None) -> str:
+    """yuv420p for even sizes, yuv444p when the width or the height is odd (exact size, H.264 High 4:4:4);
+    a requested 4:2:0 format with an odd size is refused, naming the size and the format to use."""
+    odd = width % 2 or height % 2
+    if requested is None:
+        return ODD_SIZE_PIX_FMT if odd else "yuv420p"
+    if odd and requested.startswith(("yuv420", "nv12")):
+        raise MediaError(f"{requested} cannot hold the odd frame size {width}x{height} (4:2:0 chroma needs even "
+                         f"sizes); use pix_fmt {ODD_SIZE_PIX_FMT!r} (the default for odd sizes)")
+    return requested
 
 
 SURROUND_51 = ("FL", "FR", "FC", "LFE", "BL", "BR")  # FFmpeg's 5.1 channel order
@@ -315,19 +385,28 @@ class VideoWriter:
 
     Audio is written as given (trim or pad it to the video length beforehand) and interleaved as frames arrive.
     Sample rates AAC does not support are resampled to 48 kHz. The file appears only when the block exits
-    without an exception.
+    without an exception. ``inputs``: files the output must not be (refused before anything is written).
+
+    Timing: by default frame i is at i / fps (time base 1 / fps). With ``time_base`` (a source's, e.g. 1/12800)
+    each ``write`` may pass ``pts`` (ints in that base, increasing): a variable-frame-rate clip keeps every
+    frame's timestamp. ``pix_fmt``: None picks yuv420p, or yuv444p for odd sizes (see :func:`pixel_format`).
     """
 
     def __init__(self, path: PathLike, fps: Union[Fraction, int, float], width: int, height: int,
-                 audio: Optional[tuple] = None, crf: int = 18, preset: str = "medium"):
+                 audio: Optional[tuple] = None, crf: int = 18, preset: str = "medium",
+                 time_base: Optional[Fraction] = None, pix_fmt: Optional[str] = None,
+                 inputs: Sequence[Optional[PathLike]] = ()):
         if width < 1 or height < 1:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
-        self.path = Path(path)
+        self.path = refuse_same_file(path, *inputs)
         self.fps = to_fraction(fps)
         self.width, self.height = int(width), int(height)
+        self.pix_fmt = pixel_format(self.width, self.height, pix_fmt)
+        self.time_base = Fraction(time_base) if time_base is not None else 1 / self.fps
         self.crf, self.preset = int(crf), preset
         self.audio = _audio_array(audio) if audio is not None else None
         self.frames_written = 0
+        self.last_pts: Optional[int] = None
         self._container = None
         self._tmp: Optional[Path] = None
 
@@ -342,12 +421,18 @@ class VideoWriter:
             self.abort()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MediaError(f"cannot create the folder of {self.path}: {exc}") from exc
         # a unique hidden name that keeps the extension (it picks the muxer); created with the usual permissions
-        self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:12]}.partial{self.path.suffix}")
+        self._tmp = temp_path_for(self.path)
         try:
             self._container = av.open(str(self._tmp), mode="w")
             self._add_video_stream()
+            if self.pix_fmt != "yuv420p":
+                logger.info("%s: %dx%d has an odd side; encoding %s to keep the exact size", self.path, self.width,
+                            self.height, self.pix_fmt)
             if self.audio is not None:
                 self._add_audio_stream()
         except FFmpegError as exc:
@@ -359,9 +444,10 @@ class VideoWriter:
 
     def _add_video_stream(self) -> None:
         stream = self._container.add_stream("libx264", rate=self.fps)
-        stream.width, stream.height = self.width + self.width % 2, self.height + self.height % 2
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = 1 / self.fps  # one tick per frame: pts = frame index
+        stream.width, stream.height = self.width, self.height  # exact: odd sizes are 4:4:4
+        stream.pix_fmt = self.pix_fmt
+        stream.time_base = self.time_base  # default 1 / fps: pts = frame index
+        stream.codec_context.time_base = self.time_base  # the encoder keeps pts at this resolution
         stream.options = {"crf": str(self.crf), "preset": self.preset}
         self._video = stream
 
@@ -377,21 +463,40 @@ class VideoWriter:
         self._audio_in = 0  # input samples handed to the encoder chain
         self._audio_out = 0  # output samples encoded (pts in 1 / out_rate)
 
-    def write(self, frames) -> None:
-        """Append frames: float 0..1 (or uint8) [n, H, W, 3], torch or numpy."""
+    def write(self, frames, pts: Optional[Sequence[int]] = None) -> None:
+        """Append frames: float 0..1 (or uint8) [n, H, W, 3], torch or numpy; ``pts`` [n] in ``time_base`` units
+        (increasing; default: frame index / fps)."""
         if self._container is None:
             raise RuntimeError("VideoWriter is not open; use it as a context manager")
         data = _as_uint8(frames)
         if data.shape[1:3] != (self.height, self.width):
             raise ValueError(f"frames are {data.shape[2]}x{data.shape[1]}, the writer was opened for "
                              f"{self.width}x{self.height}")
-        for image in _pad_even(data):
+        stamps = self._stamps(data.shape[0], pts)
+        for image, stamp in zip(data, stamps):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = self.frames_written
+            frame.pts = stamp
+            frame.time_base = self.time_base
             self._mux(self._video.encode(frame))
             self.frames_written += 1
+            self.last_pts = stamp
         if self.audio is not None:
-            self._push_audio(int(round(self.frames_written / self.fps * self.audio[1])), final=False)
+            played = (self.last_pts * self.time_base) + 1 / self.fps  # end of the last frame, seconds
+            self._push_audio(int(round(played * self.audio[1])), final=False)
+
+    def _stamps(self, n: int, pts: Optional[Sequence[int]]) -> list[int]:
+        if pts is None:
+            first = self.frames_written
+            return [round(Fraction(i) / self.fps / self.time_base) for i in range(first, first + n)]
+        stamps = [int(p) for p in pts]
+        if len(stamps) != n:
+            raise ValueError(f"{len(stamps)} timestamps for {n} frames")
+        previous = self.last_pts
+        for p in stamps:
+            if previous is not None and p <= previous:
+                raise ValueError(f"frame timestamps must increase, got {p} after {previous}")
+            previous = p
+        return stamps
 
     def _mux(self, packets) -> None:
         for packet in packets:
@@ -435,7 +540,7 @@ class VideoWriter:
                 self._mux(self._audio_stream.encode(None))
             self._container.close()
             self._container = None
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
             self._tmp = None
         except (FFmpegError, OSError) as exc:
             self.abort()

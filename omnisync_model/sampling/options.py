@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+from .dscfg import DSCFG
 
-from .guidance import DSCFG
+if TYPE_CHECKING:  # torch only in annotations: the command line builds its help from these defaults without torch
+    import torch
 
-__all__ = ["LipSyncOptions", "AudioInput", "STITCH_MODES"]
+__all__ = ["LipSyncOptions", "AudioInput", "STITCH_MODES", "SOLVER_NAMES"]
 
 STITCH_MODES = ("crossfade", "continue")
+SOLVER_NAMES = ("euler", "heun", "ab2", "dpmpp_2m")  # the solvers of flow.SOLVERS (a test keeps them equal)
 
 
 @dataclass(frozen=True)
 class LipSyncOptions:
-    """Sampling options. ``steps`` are the Euler steps actually run, from sigma = tau down to 0.
+    """Sampling options. ``steps`` are the solver steps actually run, from sigma = tau down to 0.
+
+    solver: the ODE solver over the schedule (:data:`~.flow.SOLVERS`): "euler" (one model pass per step), "ab2" and
+    "dpmpp_2m" (second-order multistep, one pass per step), "heun" (second order, two passes per step).
 
     stitch: "crossfade" blends overlapping windows (raised cosine); "continue" conditions each window on the
     previous window's last output frames (backends with motion frames, e.g. X-Dub) and keeps the earlier frames.
@@ -31,6 +36,7 @@ class LipSyncOptions:
     guidance: DSCFG = field(default_factory=DSCFG)
     audio_margin_s: float = 1.0
     stitch: str = "crossfade"
+    solver: str = "euler"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tau <= 1.0:
@@ -41,13 +47,20 @@ class LipSyncOptions:
             raise ValueError(f"need window >= 1 and 0 <= overlap < window, got window={self.window}, overlap={self.overlap}")
         if self.stitch not in STITCH_MODES:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
+        if self.solver not in SOLVER_NAMES:
+            raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {self.solver!r}")
 
 
 @dataclass(frozen=True)
 class AudioInput:
-    """Either a waveform (any rate, any channels) or external features [S, De] at ``feature_rate`` Hz."""
+    """Either a waveform (any rate, any channels) or external features [S, De] at ``feature_rate`` Hz.
+
+    ``frame_times`` [F]: each video frame's presentation time in seconds from the first frame, for variable-frame-
+    rate video (see :mod:`.frame_times`); None: frame i is at i / fps. The audio starts with the first frame.
+    """
 
     waveform: Optional[torch.Tensor] = None  # [C,N] or [N]
     sample_rate: int = 16000
     features: Optional[torch.Tensor] = None  # [S,De] external encoder output (Whisper / wav2vec2)
     feature_rate: float = 50.0
+    frame_times: Optional[torch.Tensor] = None  # [F] float seconds, strictly increasing

@@ -18,7 +18,7 @@ import torch
 
 from ..core.codec import Codec, crop_back, pad_frames_to_codec
 from .backend import Backend, WindowInputs, latent_first_frames
-from .flow import euler_sample
+from .flow import solve
 from .guidance import DSCFG, Guidance, GuidedDenoiser, spatial_map
 from .options import AudioInput, LipSyncOptions
 from .windows import Stitcher, Window, padded_length, plan_windows, round_window
@@ -114,7 +114,7 @@ def _sample_window(backend: Backend, codec: Codec, chunk: torch.Tensor, audio, s
     noise = backend.window_noise(source.shape, opts.seed, firsts, source.device, source.dtype)
     x = backend.initial_latent(source, noise, float(sigmas[0]))
     guidance = backend.guidance(gmap.to(source.device), float(sigmas[0]), opts)
-    x, guided = guided_denoise(backend, x, cond, guidance, sigmas, on_step=lambda i: on_step())
+    x, guided = guided_denoise(backend, x, cond, guidance, sigmas, on_step=lambda i: on_step(), solver=opts.solver)
     with torch.no_grad():
         out = codec.decode(x)
     stats.model_calls += guided.calls
@@ -123,15 +123,17 @@ def _sample_window(backend: Backend, codec: Codec, chunk: torch.Tensor, audio, s
 
 
 def guided_denoise(backend: Backend, x: torch.Tensor, cond, guidance: Guidance, sigmas: torch.Tensor,
-                   on_step: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, GuidedDenoiser]:
-    """Guided Euler over ``sigmas`` from the initial latent x [1,C,T,h,w] with the backend's window condition.
+                   on_step: Optional[Callable[[int], None]] = None,
+                   solver: str = "euler") -> tuple[torch.Tensor, GuidedDenoiser]:
+    """Guided ODE solve (``solver``, see :data:`.flow.SOLVERS`) over ``sigmas`` from the initial latent x [1,C,T,h,w]
+    with the backend's window condition.
 
     Returns the denoised latent and the guidance wrapper (its counters). ``on_step(i)`` gets the finished step count.
     """
     guided = GuidedDenoiser(backend.denoise, cond, guidance)
     callback = (lambda i, _x: on_step(i + 1)) if on_step is not None else None
     with torch.no_grad():
-        x = euler_sample(guided, x, sigmas, callback=callback)
+        x = solve(solver, guided, x, sigmas, callback=callback)
     return x, guided
 
 

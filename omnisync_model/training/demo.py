@@ -17,7 +17,6 @@ import torch
 from .bench import Case, measure, sync_case
 from ..sampling.pipeline import LipSyncOptions
 from ..media.video_io import VideoWriter
-from .synthetic import STYLES
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +63,6 @@ def run_demo(model, out_dir: Path, style: str = "sketch", seconds: float = 4.0, 
         writer.write(big)
     write_png(out_dir / "mouths.png", mouth_strip(frames, out, clip.mouth_box, every=max(1, frames.shape[0] // 16)))
     return figures
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("demo", help="lip-sync a generated held-out clip with the shipped model; write mp4 + png")
-    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (demo.mp4, mouths.png)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo model")
-    p.add_argument("--style", default="sketch", choices=STYLES,
-                   help="drawing style of the generated clip; sketch is held out of training (default: sketch)")
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=900_123)
-    p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

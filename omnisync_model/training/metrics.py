@@ -181,6 +181,106 @@ def seam_score(frames: torch.Tensor, boundaries: Sequence[int]) -> float:
     return seam / rest
 
 
+# ---- Mouth colour: pale blobs, smears and casts ----------------------------------------------------------------------
+
+_SRGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),  # sRGB primaries, D65 white (IEC 61966-2-1)
+                (0.2126729, 0.7151522, 0.0721750),
+                (0.0193339, 0.1191920, 0.9503041))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+OFF_COLOUR_DELTA_E = 10.0  # CIE76 distance beyond which a colour is not in the source's mouth palette
+OFF_COLOUR_AREA = 0.05  # a frame is off-colour when more than this fraction of its mouth box is
+WASHED_OUT_CONTRAST = 0.75  # a mouth with under 3/4 of the flattest source mouth's L* contrast is washed out
+PALETTE_STEP = 1.0  # Lab grid the source palette is rounded to (keeps it small; far below the 10 delta-E threshold)
+
+
+def rgb_to_lab(frames: torch.Tensor) -> torch.Tensor:
+    """sRGB [..., 3] in 0..1 -> CIE L*a*b* (D65) [..., 3] float64 on the CPU; L in 0..100."""
+    c = _cpu(frames).clamp(0.0, 1.0)
+    lin = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)  # undo the sRGB transfer curve
+    xyz = lin @ torch.tensor(_SRGB_TO_XYZ, dtype=torch.float64).T / torch.tensor(_D65_WHITE, dtype=torch.float64)
+    eps, kappa = (6.0 / 29.0) ** 3, (29.0 / 6.0) ** 2 / 3.0
+    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1.0 / 3.0), kappa * xyz + 4.0 / 29.0)
+    fx, fy, fz = f.unbind(-1)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-1)
+
+
+def mouth_palette(source: torch.Tensor, mouth_box, step: float = PALETTE_STEP) -> torch.Tensor:
+    """Every Lab colour the source clip shows inside its mouth boxes, over ALL its frames (each opening it makes,
+    lips, interior, teeth, skin, occluders), rounded to a ``step`` grid and deduplicated -> [P, 3] float64."""
+    n, h, w, _ = source.shape
+    inside = _box_mask(mouth_box, n, h, w)  # [F, H, W]
+    lab = rgb_to_lab(source)[inside]  # [pixels, 3]
+    return torch.unique(torch.round(lab / step) * step, dim=0)
+
+
+def _off_palette(output: torch.Tensor, source: torch.Tensor, mouth_box, delta_e: float) -> torch.Tensor:
+    """Per frame, the fractions of mouth-box pixels that are off the source palette, and that are off it AND
+    lighter (L*) than their nearest palette colour -> [F, 2] float64 (NaN for an empty box)."""
+    if output.shape != source.shape:
+        raise ValueError(f"off_palette_fraction: shapes differ {tuple(output.shape)} vs {tuple(source.shape)}")
+    n, h, w, _ = output.shape
+    palette = mouth_palette(source, mouth_box)  # [P, 3]
+    inside = _box_mask(mouth_box, n, h, w)  # [F, H, W]
+    lab = rgb_to_lab(output)  # [F, H, W, 3]
+    out = torch.full((n, 2), math.nan, dtype=torch.float64)
+    for i in range(n):
+        pixels = lab[i][inside[i]]  # [p, 3]
+        if pixels.shape[0] and palette.shape[0]:
+            dist, idx = torch.cdist(pixels, palette).min(1)  # [p] distance to (and index of) the closest colour
+            off = dist > delta_e
+            lighter = off & (pixels[:, 0] > palette[idx, 0])
+            out[i] = torch.stack([off.double().mean(), lighter.double().mean()])
+    return out
+
+
+def off_palette_fraction(output: torch.Tensor, source: torch.Tensor, mouth_box,
+                         delta_e: float = OFF_COLOUR_DELTA_E) -> torch.Tensor:
+    """Per output frame, the fraction of its mouth-box pixels farther than ``delta_e`` (CIE76) from every colour of
+    the source's mouth palette -> [F] float64 (NaN for an empty box).
+
+    A re-drawn mouth uses the colours the source's mouths use (a new opening mixes the same lips, interior and
+    skin); a pale blob or a colour smear adds colours none of them has. The palette's own rounding moves a colour by
+    at most step * sqrt(3) / 2, well inside ``delta_e``.
+    """
+    return _off_palette(output, source, mouth_box, delta_e)[:, 0]
+
+
+def mouth_contrast(frames: torch.Tensor, mouth_box) -> torch.Tensor:
+    """Standard deviation of L* over each frame's mouth-box pixels -> [F] float64 (NaN for an empty box)."""
+    n, h, w, _ = frames.shape
+    inside = _box_mask(mouth_box, n, h, w).flatten(1).double()  # [F, H*W]
+    lum = rgb_to_lab(frames)[..., 0].flatten(1)  # [F, H*W]
+    count = inside.sum(1)
+    mean = (lum * inside).sum(1) / count
+    return ((((lum - mean[:, None]) ** 2) * inside).sum(1) / count).sqrt()
+
+
+def mouth_colour_outliers(output: torch.Tensor, source: torch.Tensor, mouth_box,
+                          delta_e: float = OFF_COLOUR_DELTA_E, area: float = OFF_COLOUR_AREA,
+                          contrast: float = WASHED_OUT_CONTRAST) -> dict:
+    """Output frames whose mouth leaves what the source's mouths look like, by two complementary tests -> dict of
+    bool [F]:
+      ``off_palette``  more than ``area`` of the box is colours the source's mouths never show
+                       (:func:`off_palette_fraction`): smears, colour fringes, casts, whitish blobs;
+      ``washed_out``   the box's L* contrast is below ``contrast`` x the lowest of any source frame: even a closed
+                       source mouth shows its lips and line, a blob of skin or teeth colour erases them (its colours
+                       may all be in the palette);
+      ``pale``         washed out, or more than ``area`` of the box off the palette AND lighter than the nearest
+                       source colour: the pale blobs;
+      ``any``          off palette or washed out.
+    """
+    frac = _off_palette(output, source, mouth_box, delta_e)  # [F, 2]
+    low = torch.nan_to_num(mouth_contrast(source, mouth_box), nan=math.inf).min()
+    washed = mouth_contrast(output, mouth_box) < contrast * low
+    off = frac[:, 0] > area
+    return {"off_palette": off, "washed_out": washed, "pale": washed | (frac[:, 1] > area), "any": off | washed}
+
+
+def off_colour_fraction(output: torch.Tensor, source: torch.Tensor, mouth_box, **kwargs) -> float:
+    """Fraction of output frames flagged by :func:`mouth_colour_outliers` (0: every mouth looks like a source mouth)."""
+    return float(mouth_colour_outliers(output, source, mouth_box, **kwargs)["any"].double().mean())
+
+
 # ---- SyncNet LSE-C / LSE-D (syncnet_python's definitions) ----------------------------------------------------------
 
 

@@ -30,11 +30,11 @@ import torch
 
 from .metrics import LUMA_709
 from . import sdf
+from .styles import STYLES  # noqa: F401 (public API)
 from .speech import SAMPLE_RATE, seeded_rng, make_speech, mouth_opening  # noqa: F401 (make_speech: public API)
 
 logger = logging.getLogger(__name__)
 
-STYLES = ("realistic", "cartoon", "anime", "animal", "sketch")
 BACKGROUNDS = ("noise", "stripes", "gradient")
 _MOUTH_PAD_PX = 1.5  # mouth box margin around the drawn lips, in pixels
 _CHUNK = 128  # frames rendered at once (bounds memory on long clips)

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,49 +29,18 @@ from safetensors.torch import load_file, save_file
 
 from ..core.audio import audio_span_for_frames, frame_centre_times
 from ..core.codec import PixelCodec
+from ..core.files import atomic_output, atomic_write_text
 from ..families.omnisync.config import get_preset
 from ..sampling.flow import noisy_sample, velocity_target
 from ..families.omnisync.model import OmniSyncModel, count_parameters
 from ..sampling.pipeline import LipSyncOptions
 from .synthetic import ClipSpec, make_clip, make_speech, mouth_opening
+from .train_config import TrainConfig
 from ..families.omnisync.weights import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 AUDIO_MARGIN_S = LipSyncOptions().audio_margin_s  # audio context on each side of a window, as at inference
-TRAIN_STYLES = ("realistic", "cartoon", "anime", "animal")  # "sketch" is held out for the benchmark
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    preset: str = "small"
-    prediction: str = "source_x0"
-    steps: int = 3000
-    batch: int = 8
-    frames: int = 16
-    size: int = 64
-    clips: int = 192
-    clip_seconds: float = 4.0
-    fps_choices: tuple[float, ...] = (24.0, 25.0, 30.0)
-    styles: tuple[str, ...] = TRAIN_STYLES
-    lr: float = 5e-4
-    warmup: int = 100
-    weight_decay: float = 0.01
-    threshold: float = 0.85
-    audio_dropout: float = 0.1
-    ema: float = 0.998
-    seed: int = 0
-    data_seed: int = 1000
-    log_every: int = 10
-    save_every: int = 250
-    bf16: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.frames < 2 or self.batch < 1 or self.steps < 1:
-            raise ValueError("frames >= 2, batch >= 1 and steps >= 1 are required")
-        if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.audio_dropout < 1.0:
-            raise ValueError("threshold must be in [0, 1] and audio_dropout in [0, 1)")
 
 
 @dataclass
@@ -246,9 +215,8 @@ class Trainer:
                     tensors[f"opt.{name}.{key}"] = st[key].contiguous()
         if self.batches is not None:
             tensors["rng.batches"] = self.batches.gen.get_state()
-        tmp = self.out / "train_state.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"step": str(self.step), "opt_step": str(self._opt_step())})
-        os.replace(tmp, self.out / "train_state.safetensors")
+        with atomic_output(self.out / "train_state.safetensors") as tmp:  # renamed into place only when complete
+            save_file(tensors, str(tmp), metadata={"step": str(self.step), "opt_step": str(self._opt_step())})
         return self.out / "checkpoint.safetensors"
 
     def _opt_step(self) -> int:
@@ -328,21 +296,6 @@ def replica_checksums(model: torch.nn.Module) -> list[list[float]]:
     return [g.tolist() for g in gathered]
 
 
-def register_cli(sub) -> None:
-    d = TrainConfig()
-    p = sub.add_parser("train", help="train a model with the OmniSync recipe on synthetic talking faces")
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint + resumable state)")
-    p.add_argument("--preset", default=d.preset)
-    p.add_argument("--prediction", default=d.prediction, choices=("velocity", "source_x0"))
-    for name in ("steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every", "save_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (measured slower on 2 cores)")
-    p.set_defaults(func=_cmd_train)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..cli.main import emit
 
@@ -352,7 +305,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer, losses = run_training(tc, args.out, resume=args.resume)
     sums = replica_checksums(trainer.model)
     if trainer.rank == 0:
-        (args.out / "replicas.json").write_text(json.dumps({"world": trainer.world, "checksums": sums}))
+        atomic_write_text(args.out / "replicas.json", json.dumps({"world": trainer.world, "checksums": sums}))
         if any(s != sums[0] for s in sums):
             log.error("parameters differ between ranks: %s", sums)
         head = sum(losses[:20]) / max(1, len(losses[:20]))

@@ -32,7 +32,7 @@ class XDubSpeech:
     release(): called after (e.g. offload back to the CPU).
     """
 
-    def __init__(self, whisper: torch.nn.Module, wav2vec2: torch.nn.Module,
+    def __init__(self, whisper: torch.nn.Module, wav2vec2: Optional[torch.nn.Module],
                  prepare: Optional[Callable[[], Union[str, torch.device, None]]] = None,
                  release: Optional[Callable[[], None]] = None):
         self.whisper, self.wav2vec2 = whisper, wav2vec2
@@ -40,10 +40,14 @@ class XDubSpeech:
 
     @property
     def width(self) -> int:
+        if self.wav2vec2 is None:
+            raise ValueError("X-Dub needs both speech encoders: select the wav2vec2-base-960h folder in OmniSync "
+                             "Audio Model Loader (only Whisper was loaded)")
         return int(self.whisper.config.d_model) + int(self.wav2vec2.config.hidden_size)
 
     def __repr__(self) -> str:
-        return f"XDubSpeech(whisper width {self.whisper.config.d_model}, wav2vec2 {self.wav2vec2.config.hidden_size})"
+        w2v = self.wav2vec2.config.hidden_size if self.wav2vec2 is not None else "none"
+        return f"XDubSpeech(whisper width {self.whisper.config.d_model}, wav2vec2 {w2v})"
 
     @torch.no_grad()
     def features(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -70,11 +74,12 @@ class XDubSpeech:
 
 def load_speech(whisper_path: Any, wav2vec2_folder: Any, device: Union[str, torch.device] = "cpu",
                 dtype: Optional[torch.dtype] = torch.float32) -> XDubSpeech:
-    """Both encoders from local files (strict key checks; transformers needed): our converted Whisper safetensors
-    (``convert_openai_whisper``) and the wav2vec2 folder (config.json + model.safetensors)."""
+    """The encoders from local files (strict key checks; transformers needed): our converted Whisper safetensors
+    (``convert_openai_whisper``) and the wav2vec2 folder (config.json + model.safetensors; None: Whisper only, what
+    LatentSync needs)."""
     from ...audio_models import load_wav2vec2, load_whisper_encoder
 
     whisper = load_whisper_encoder(whisper_path, device, dtype)
-    wav2vec2 = load_wav2vec2(wav2vec2_folder, device, dtype)
+    wav2vec2 = load_wav2vec2(wav2vec2_folder, device, dtype) if wav2vec2_folder is not None else None
     logger.info("X-Dub speech encoders: %s + %s", whisper_path, wav2vec2_folder)
     return XDubSpeech(whisper, wav2vec2)

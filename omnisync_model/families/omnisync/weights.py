@@ -20,6 +20,7 @@ from torch import nn
 
 from ...core.checkpoint import (CheckpointError, PathLike, atomic_save, checkpoint_parameters, export_tensor,
                                 load_state_dict_checked, read_header, read_metadata, read_tensors)
+from ...core.files import refuse_same_file
 from .config import OmniSyncConfig
 from .model import OmniSyncModel
 
@@ -34,13 +35,14 @@ RESERVED_METADATA = ("format", "format_version", "omnisync_config")
 
 
 def save_checkpoint(path: PathLike, model: OmniSyncModel, metadata: Optional[Mapping[str, str]] = None,
-                    dtype: Optional[torch.dtype] = None) -> Path:
+                    dtype: Optional[torch.dtype] = None, inputs: Sequence[Optional[PathLike]] = ()) -> Path:
     """Write ``model``'s weights and config to a safetensors file, atomically; returns the path.
 
     ``dtype`` casts floating-point tensors (e.g. ``torch.float16`` halves the file). ``metadata`` adds string
     entries; the reserved keys ``format``, ``format_version`` and ``omnisync_config`` cannot be overridden.
+    ``inputs``: files ``path`` must not be (refused before anything is written, also through links).
     """
-    path = Path(path)
+    path = refuse_same_file(path, *inputs)
     extra = dict(metadata or {})
     clash = sorted(set(extra) & set(RESERVED_METADATA))
     if clash:
@@ -51,7 +53,7 @@ def save_checkpoint(path: PathLike, model: OmniSyncModel, metadata: Optional[Map
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
             "omnisync_config": model.config.to_json(), **extra}
     tensors = {name: export_tensor(t, dtype) for name, t in model.state_dict().items()}
-    atomic_save(tensors, path, meta)
+    atomic_save(tensors, path, meta, inputs=inputs)
     logger.info("saved %d tensors to %s", len(tensors), path)
     return path
 

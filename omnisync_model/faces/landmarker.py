@@ -1,0 +1,123 @@
+"""Face detection and landmarks on whole frames: MediaPipe's pre- and post-processing around the two networks.
+
+``FaceLandmarker.detect`` letterboxes a frame to 128x128, runs BlazeFace, decodes and suppresses as MediaPipe
+does, and projects boxes and keypoints back to frame pixels. ``FaceLandmarker.landmarks`` crops each face ROI to
+192x192, runs the mesh, refines to 478 points and projects them to frame pixels with their presence probability.
+
+Frames are ``[H,W,C]`` tensors or arrays, uint8 (0..255) or float (0..1), with 1 (grey), 3 (RGB) or 4 (RGBA:
+alpha ignored) channels; NaN samples count as black. Only the pixels the models sample are read, so a 4K frame
+costs the same as a 1080p one.
+
+Shape legend
+  H, W, C  frame size     N  ROIs / faces     D  detections     P  landmarks (478)
+  pixel coordinates: integer values at pixel centres (MediaPipe's); ROIs [N,5] (cx, cy, w, h, rotation).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import roi as R
+from .detector import BlazeFace, Detections, decode, ssd_anchors, weighted_nms
+from .mesh import FaceMesh, refine
+from .weights import load_detector, load_mesh
+
+Frame = Union[torch.Tensor, np.ndarray]
+
+
+class FrameError(ValueError):
+    """A frame that cannot be read as an image (wrong rank or channel count)."""
+
+
+def as_frame(frame: Frame) -> tuple[torch.Tensor, float]:
+    """A frame as a [H,W,C] tensor (no copy when possible) and the factor that maps its values to 0..255."""
+    t = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if t.dim() == 2:
+        t = t[..., None]  # [H,W] grey -> [H,W,1]
+    if t.dim() != 3 or t.shape[-1] not in (1, 3, 4) or min(t.shape[:2]) < 1:
+        raise FrameError(f"a frame must be [height, width, 1|3|4 channels], got {list(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t, 1.0
+    if not (t.is_floating_point() or t.dtype in (torch.int16, torch.int32, torch.int64)):
+        raise FrameError(f"unsupported frame dtype {t.dtype}")
+    return t, (255.0 if t.is_floating_point() else 1.0)
+
+
+def model_input(frame: torch.Tensor, value_scale: float, rois: torch.Tensor, n: int, border: str,
+                value_range: tuple[float, float], device, dtype) -> torch.Tensor:
+    """[N,3,n,n] model input for each ROI of one frame (8-bit rounding as MediaPipe's warp)."""
+    lo, hi = value_range
+    out = []
+    for m in R.roi_matrix(rois, n):
+        px = torch.floor(torch.nan_to_num(R.sample(frame, m, n, border) * value_scale) + 0.5).clamp(0, 255)  # [n,n,C]
+        px = px[..., :3] if px.shape[-1] >= 3 else px.expand(-1, -1, 3)  # RGBA -> RGB, grey -> RGB
+        out.append(px.permute(2, 0, 1))  # [n,n,3] -> [3,n,n]
+    x = torch.stack(out).to(device=device)
+    return (x * ((hi - lo) / 255.0) + lo).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+class FaceLandmarker:
+    """The detector and the mesh with MediaPipe's processing. Models load from the shipped weights unless given."""
+
+    def __init__(self, device=None, dtype=None, operations=nn, detector: Optional[BlazeFace] = None,
+                 mesh: Optional[FaceMesh] = None, min_detection: float = 0.5):
+        self.device = torch.device(device or "cpu")
+        self.dtype = dtype or torch.float32
+        self.detector = detector if detector is not None else load_detector(None, self.device, self.dtype, operations)
+        self.mesh = mesh if mesh is not None else load_mesh(None, self.device, self.dtype, operations)
+        self.min_detection = min_detection
+        self.anchors = ssd_anchors(self.detector.config).to(self.device)
+        # channels-last runs these small convolution stacks faster (notably max pooling and depthwise convs)
+        self.detector = self.detector.to(memory_format=torch.channels_last)
+        self.mesh = self.mesh.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------------------------------------ detection
+
+    @torch.no_grad()
+    def detect_raw(self, frames: list[Frame]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Letterbox and run the detector on several frames at once: raw ([B,A,16], [B,A,1]) and frame sizes."""
+        n = self.detector.config.input_size
+        xs, sizes = [], []
+        for f in frames:
+            t, scale = as_frame(f)
+            sizes.append((t.shape[0], t.shape[1]))
+            xs.append(model_input(t, scale, R.letterbox_rois(t.shape[0], t.shape[1]), n, "zero", (-1.0, 1.0),
+                                  self.device, self.dtype))
+        boxes, scores = self.detector(torch.cat(xs))
+        return boxes, scores, sizes
+
+    @torch.no_grad()
+    def detect(self, frames: list[Frame]) -> list[Detections]:
+        """Faces in each frame, best first: boxes [D,4] (x0, y0, x1, y1), keypoints [D,6,2] in frame pixels."""
+        raw_boxes, raw_scores, sizes = self.detect_raw(frames)
+        cfg = self.detector.config
+        box, kps, score = decode(raw_boxes, raw_scores, self.anchors, cfg)
+        out = []
+        for i, (h, w) in enumerate(sizes):
+            d = weighted_nms(box[i].cpu(), kps[i].cpu(), score[i].cpu(), self.min_detection, cfg.nms_iou)
+            lb = R.letterbox_rois(h, w)[0]  # tensor 0..1 -> frame pixels: left + x * side
+            side, left, top = lb[2], lb[0] - lb[2] / 2, lb[1] - lb[3] / 2
+            shift = torch.stack([left, top])
+            out.append(Detections(d.boxes * side + shift.repeat(2), d.keypoints * side + shift, d.scores))
+        return out
+
+    # ------------------------------------------------------------------------------------------------ landmarks
+
+    @torch.no_grad()
+    def landmarks_raw(self, frame: Frame, rois: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The mesh's raw outputs for each ROI [N,5] of one frame (192-pixel units)."""
+        t, scale = as_frame(frame)
+        x = model_input(t, scale, rois, self.mesh.config.input_size, "replicate", (0.0, 1.0), self.device, self.dtype)
+        return self.mesh(x)
+
+    @torch.no_grad()
+    def landmarks(self, frame: Frame, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """478 landmarks [N,478,3] in frame pixels (z scaled like x) and presence probabilities [N]."""
+        rois = rois.float()
+        raw = self.landmarks_raw(frame, rois)
+        points = refine(raw).cpu()
+        return R.project(points, rois, self.mesh.config.input_size), torch.sigmoid(raw["presence"].float()).cpu()

@@ -1,0 +1,70 @@
+"""The three MediaPipe custom ops of the attention face mesh, in batched torch.
+
+The model refines lips and eyes by cropping its own 48x48 feature map around each region (the crop follows the
+region's landmarks from the coarse mesh), running a small network on the crop and mapping the crop's landmarks back.
+Written from MediaPipe's kernels (``mediapipe/util/tflite/operations``: ``Landmarks2TransformMatrix`` v2,
+``TransformTensorBilinear`` v2, ``TransformLandmarks`` v2):
+
+- :func:`region_matrix`: rotation r = target - atan2(yR - yL, xR - xL) from two landmarks; the region's landmarks
+  rotated by r give an axis-aligned box (size w, h; centre rotated back by -r); the crop matrix maps crop pixel
+  (u, v) to ``centre + R(-r) diag(sx, sy) ((u, v) - out / 2)`` with sx = scale_x * w / out_w (sy likewise).
+- :func:`crop_features`: samples the feature map at ``M (u + 0.5, v + 0.5) - 0.5`` bilinearly; samples whose
+  position falls outside [0, size - 1] are zero.
+- :func:`map_landmarks`: x' = M[0,:2] (x, y) + M[0,3] (a plain affine map, no pixel-centre shift).
+
+Shape legend
+  B  batch      N  landmarks      C, H, W  feature map      o  crop side (16)
+  M  [B,2,3] affine matrices (the top two rows of MediaPipe's 4x4, z column dropped: it multiplies z = 0)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _rotation(r: torch.Tensor) -> torch.Tensor:
+    """[B] angles -> [B,2,2] rotation matrices [[cos, -sin], [sin, cos]]."""
+    c, s = torch.cos(r), torch.sin(r)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def region_matrix(landmarks: torch.Tensor, subset: torch.Tensor, left: int, right: int, out_hw: tuple[int, int],
+                  scale: tuple[float, float], target: float = 0.0) -> torch.Tensor:
+    """Crop matrix [B,2,3] for the region of ``landmarks`` [B,N,>=2] given by the indices ``subset`` [n]."""
+    lm = landmarks[..., :2].float()
+    d = lm[:, right] - lm[:, left]  # [B,2]
+    r = target - torch.atan2(d[:, 1], d[:, 0])  # [B]
+    rot = _rotation(r)  # [B,2,2]
+    pts = torch.einsum("bij,bnj->bni", rot, lm[:, subset])  # region landmarks rotated by r: [B,n,2]
+    lo, hi = pts.amin(1), pts.amax(1)  # [B,2]
+    size = hi - lo
+    centre = torch.einsum("bji,bj->bi", rot, (lo + hi) / 2)  # rotated back by -r (R(-r) = R(r)^T): [B,2]
+    oh, ow = out_hw
+    step = size * torch.tensor([scale[0] / ow, scale[1] / oh], device=lm.device)  # [B,2] (sx, sy)
+    linear = rot.transpose(1, 2) * step[:, None, :]  # R(-r) diag(sx, sy): [B,2,2]
+    half = torch.tensor([ow / 2.0, oh / 2.0], device=lm.device)
+    shift = centre - linear @ half  # [B,2]
+    return torch.cat([linear, shift[:, :, None]], 2)  # [B,2,3]
+
+
+def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """[B,C,H,W] sampled through ``matrix`` [B,2,3] (crop pixel -> feature pixel) -> [B,C,o,o]."""
+    b, _, h, w = features.shape
+    oh, ow = out_hw
+    ys, xs = torch.meshgrid(torch.arange(oh, device=features.device, dtype=torch.float32) + 0.5,
+                            torch.arange(ow, device=features.device, dtype=torch.float32) + 0.5, indexing="ij")
+    grid = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3)  # (u + 0.5, v + 0.5, 1): [1,o*o,3]
+    pos = grid @ matrix.float().transpose(1, 2) - 0.5  # feature pixel coordinates: [B,o*o,2]
+    inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= w - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= h - 1))  # [B,o*o]
+    norm = pos / torch.tensor([max(w - 1, 1), max(h - 1, 1)], device=pos.device) * 2 - 1  # align_corners=True scale
+    grid = norm.view(b, oh, ow, 2).to(features.dtype)  # [B,o*o,2] -> [B,o,o,2]
+    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)  # [B,C,o,o]
+    return out * inside.view(b, 1, oh, ow).to(out.dtype)  # [B,o*o] -> [B,1,o,o]
+
+
+def map_landmarks(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """[B,N,2] through the affine ``matrix`` [B,2,3] -> [B,N,2]."""
+    linear = matrix[:, :, :2].transpose(1, 2).to(points.dtype)  # [B,2,2] transposed for row vectors
+    return points @ linear + matrix[:, None, :, 2].to(points.dtype)

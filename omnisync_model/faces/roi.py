@@ -1,0 +1,117 @@
+"""Regions of interest and image sampling for the face models, as MediaPipe computes them.
+
+Facts (MediaPipe's ``image_to_tensor_utils.cc``, ``image_to_tensor_converter_opencv.cc``,
+``detections_to_rects_calculator.cc``, ``rect_transformation_calculator.cc``, ``landmark_projection_calculator.cc``,
+``face_detection_front_detection_to_roi.pbtxt``, ``face_landmark_landmarks_to_roi.pbtxt``):
+
+- Pixel coordinates have integer values at pixel centres (OpenCV's convention); a rotated rectangle (centre c, size
+  (w, h), rotation t) maps tensor pixel (u, v) of an ``n`` x ``n`` tensor to ``c + R(t) ((u / n - 1/2) w,
+  (v / n - 1/2) h)``; samples are bilinear from the 8-bit image and rounded back to 8 bits (OpenCV's warp on an
+  8-bit image), then scaled to the model's range.
+- Detector input: the whole image padded to a square (letterbox, the longer side), zero border, range -1..1.
+- Mesh input: the ROI, border replicated, range 0..1.
+- ROI from a detection: the box centre, rotation ``t = -atan2(-(y1 - y0), x1 - x0)`` from keypoint 0 to keypoint 1
+  (in pixels), the longer side of the box (in pixels) times 1.5 as a square.
+- ROI from landmarks: the same from the box of all landmarks and the rotation from point 33 to point 263.
+
+Shape legend
+  B  ROIs / frames      N  points      H, W, C  image size      n  tensor side
+  ROIs are (cx, cy, w, h, t) [B,5] in pixels and radians; matrices [B,2,3] map tensor pixels to image pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .topology import ROTATION_POINTS
+
+ROI_SCALE = 1.5
+TAB = 32  # OpenCV's bilinear table: sample positions in 1/32 pixel
+
+
+def normalize_radians(a: torch.Tensor) -> torch.Tensor:
+    """Angles into [-pi, pi)."""
+    return a - 2 * math.pi * torch.floor((a + math.pi) / (2 * math.pi))
+
+
+def roi_matrix(rois: torch.Tensor, n: int) -> torch.Tensor:
+    """[B,5] ROIs -> [B,2,3] maps from an ``n`` x ``n`` tensor's pixels to image pixels."""
+    cx, cy, w, h, t = rois.float().unbind(-1)
+    c, s = torch.cos(t), torch.sin(t)
+    a, b = w / n, h / n
+    # p = centre + R(t) diag(w/n, h/n) (u, v) - R(t) (w/2, h/2)
+    row0 = torch.stack([c * a, -s * b, cx - (c * w - s * h) / 2], -1)
+    row1 = torch.stack([s * a, c * b, cy - (s * w + c * h) / 2], -1)
+    return torch.stack([row0, row1], 1)
+
+
+def letterbox_rois(height: int, width: int, batch: int = 1) -> torch.Tensor:
+    """The whole image padded to a square: [B,5]."""
+    side = float(max(height, width))
+    return torch.tensor([[width / 2.0, height / 2.0, side, side, 0.0]]).repeat(batch, 1)
+
+
+def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> torch.Tensor:
+    """Bilinear samples of one image [H,W,C] (any dtype) at the pixels of an ``n`` x ``n`` tensor through
+    ``matrix`` [2,3] -> [n,n,C] float32, with a zero (``"zero"``) or replicated (``"replicate"``) border.
+
+    As OpenCV's 8-bit warp, sample positions are rounded to 1/32 pixel (its interpolation table), which makes the
+    weights exact. Only the sampled pixels are read (no full-frame float copy)."""
+    hgt, wid, ch = image.shape
+    dev = image.device
+    g = torch.arange(n, device=dev, dtype=torch.float64)
+    m = torch.nan_to_num(matrix.to(dev, torch.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN ROIs: border
+    lim = 2.0 ** 40
+    x = m[0, 0] * g[None, :] + m[0, 1] * g[:, None] + m[0, 2]  # [n,n] frame x of each tensor pixel
+    y = m[1, 0] * g[None, :] + m[1, 1] * g[:, None] + m[1, 2]
+    qx = torch.round(x * TAB).clamp(-lim, lim).long().view(-1)  # [n,n] -> [n*n], in 1/32 pixels
+    qy = torch.round(y * TAB).clamp(-lim, lim).long().view(-1)
+    x0, y0 = torch.div(qx, TAB, rounding_mode="floor"), torch.div(qy, TAB, rounding_mode="floor")  # [n*n]
+    fx, fy = (qx - x0 * TAB).float() / TAB, (qy - y0 * TAB).float() / TAB
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1])  # the 4 neighbours of each sample: [4,n*n]
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1])
+    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])  # [4,n*n]
+    if border == "zero":
+        w = w * ((xs >= 0) & (xs < wid) & (ys >= 0) & (ys < hgt))
+    idx = (ys.clamp(0, hgt - 1) * wid + xs.clamp(0, wid - 1)).view(-1)  # [4,n*n] -> [4*n*n]
+    vals = image.reshape(hgt * wid, ch).index_select(0, idx).view(4, n * n, ch).float()  # [4,n*n,C]
+    return (vals * w[..., None]).sum(0).view(n, n, ch)  # [n*n,C] -> [n,n,C]
+
+
+def project(points: torch.Tensor, rois: torch.Tensor, n: int) -> torch.Tensor:
+    """Tensor-pixel points [B,N,>=2] -> image pixels through each ROI; a third coordinate (depth, tensor pixels)
+    is scaled like x (by w / n)."""
+    m = roi_matrix(rois, n)  # [B,2,3]
+    xy = points[..., :2].float() @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]  # [B,N,2]
+    if points.shape[-1] < 3:
+        return xy
+    z = points[..., 2:3].float() * (rois[:, 2] / n)[:, None, None]
+    return torch.cat([xy, z], -1)
+
+
+def _square_roi(cx: torch.Tensor, cy: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
+                rotation: torch.Tensor) -> torch.Tensor:
+    side = torch.maximum(w, h) * ROI_SCALE  # square_long, then scale 1.5
+    return torch.stack([cx, cy, side, side, rotation], -1)
+
+
+def _rotation(p0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
+    """MediaPipe's ROI rotation from point p0 to p1 ([B,2] pixels), target angle 0."""
+    return normalize_radians(-torch.atan2(-(p1[:, 1] - p0[:, 1]), p1[:, 0] - p0[:, 0]))
+
+
+def rois_from_detections(boxes: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """Boxes [B,4] (x0, y0, x1, y1) and keypoints [B,K,2], image pixels -> face ROIs [B,5]."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return _square_roi(cx, cy, w, h, _rotation(keypoints[:, 0], keypoints[:, 1]))
+
+
+def rois_from_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
+    """Landmarks [B,N,>=2] in image pixels -> the next frame's face ROIs [B,5]."""
+    lo, hi = landmarks[..., :2].amin(1), landmarks[..., :2].amax(1)  # [B,2]
+    a, b = ROTATION_POINTS
+    return _square_roi((lo[:, 0] + hi[:, 0]) / 2, (lo[:, 1] + hi[:, 1]) / 2, hi[:, 0] - lo[:, 0],
+                       hi[:, 1] - lo[:, 1], _rotation(landmarks[:, a, :2], landmarks[:, b, :2]))
