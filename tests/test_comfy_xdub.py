@@ -107,7 +107,8 @@ def _prompt(object_info, video=None, audio=None):
 def test_nodes_and_lists(object_info):
     loader = object_info["OmniSyncAudioModelLoader"]["input"]["required"]
     assert loader["whisper"][1]["options"] == ["whisper-large-v2.safetensors"]  # V3 combo: ["COMBO", {options}]
-    assert loader["wav2vec2"][1]["options"] == ["wav2vec2-base-960h"]
+    assert loader["wav2vec2"][1]["options"] == ["none", "wav2vec2-base-960h"]  # none: Whisper alone (LatentSync)
+    assert loader["wav2vec2"][1]["default"] == "wav2vec2-base-960h"
     model = object_info["OmniSyncModelLoader"]["input"]
     assert "fp8_e4m3fn" in model["required"]["weight_dtype"][1]["options"] and "context" in model["optional"]
     for node in ("OmniSyncLipSync", "OmniSyncLipSyncVideo"):

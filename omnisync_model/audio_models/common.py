@@ -12,21 +12,14 @@ from types import ModuleType
 import torch
 
 from ..core.audio import all_finite
+from ..core.optional import install_hint, require
 
 SAMPLE_RATE = 16000  # both Whisper and wav2vec2 take 16 kHz mono
-INSTALL_HINT = "pip install transformers"
+INSTALL_HINT = install_hint("transformers")
 
 
 def require_transformers() -> ModuleType:
-    """The ``transformers`` module, or an ImportError telling the user how to install it."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError(
-            "The Whisper / wav2vec2 speech encoders (LatentSync and X-Dub backends) need the optional package "
-            f"'transformers'; install it with `{INSTALL_HINT}` (it does not replace your torch).") from exc
-    return transformers
-
+    return require("transformers", "the Whisper / wav2vec2 speech encoders (LatentSync and X-Dub backends)")
 
 def check_wave16k(wave: torch.Tensor, sample_rate: int, min_samples: int, name: str = "wave16k") -> torch.Tensor:
     """A float32 [B, N] view of a mono 16 kHz waveform [N] or [B, N]; ValueError naming ``name`` otherwise.

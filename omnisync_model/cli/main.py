@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = (".commands", ".convert", ".landmarks")  # light modules: their handlers import the heavy code
+COMMAND_MODULES = (".commands", ".convert", ".landmarks", ".backend_bench")  # light modules: their handlers import the heavy code
 
 
 def _extra_commands() -> list[Callable]:

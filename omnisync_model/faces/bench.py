@@ -214,7 +214,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     parser.add_argument("--clips", type=int, default=3, help="synthetic clips per style")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.video, args.out, args.threads, args.frames, args.clips), indent=2))
+    from ..cli.main import emit  # the command line's one place that prints
+
+    emit(json.dumps(run(args.video, args.out, args.threads, args.frames, args.clips), indent=2))
     return 0
 
 

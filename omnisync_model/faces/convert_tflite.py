@@ -437,8 +437,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("source", help="mediapipe 0.10.21 wheel, or a folder with the .tflite files")
     parser.add_argument("out_dir", help="where to write the safetensors files")
     args = parser.parse_args(argv)
+    from ..cli.main import emit  # the command line's one place that prints
+
     for path in convert(args.source, args.out_dir):
-        print(f"wrote {path} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()})")
+        emit(f"wrote {path} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()})")
     return 0
 
 

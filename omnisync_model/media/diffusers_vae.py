@@ -24,13 +24,14 @@ from typing import Any, Optional, Union
 import torch
 
 from ..core.checkpoint import CheckpointError, PathLike, read_header, read_tensors
+from ..core.optional import install_hint, require
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusersVAECodec", "load_diffusers_vae", "check_vae_path", "WAN22_VAE_CONFIG", "INSTALL_HINT",
            "wan22_to_diffusers_keys", "wan22_config_from_shapes"]
 
-INSTALL_HINT = "pip install diffusers"
+INSTALL_HINT = install_hint("diffusers")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # the Wan2.2-TI2V-5B-Diffusers vae/config.json values (48 channels, patch 2, residual blocks, 16x / 4x)
 WAN22_VAE_CONFIG = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
@@ -112,13 +113,7 @@ def wan22_config_from_shapes(shapes: dict, source: str = "VAE") -> dict:
 
 
 def _require_diffusers():
-    try:
-        import diffusers
-    except ImportError as exc:
-        raise ImportError(f"the Wan VAE on the command line needs the optional package 'diffusers'; install it with "
-                          f"`{INSTALL_HINT}` (it does not replace your torch)") from exc
-    return diffusers
-
+    return require("diffusers", "the Wan VAE on the command line")
 
 def _config_and_weights(path: Path) -> tuple[dict, Path]:
     if path.is_dir():

@@ -30,12 +30,13 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from ..core.checkpoint import CheckpointError, PathLike, read_header, read_tensors
+from ..core.optional import install_hint, require
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SDVAECodec", "load_sd_vae", "check_sd_vae_path", "infer_sd_vae_config", "INSTALL_HINT", "SD_CHANNELS"]
 
-INSTALL_HINT = "pip install diffusers"
+INSTALL_HINT = install_hint("diffusers")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 SD_CHANNELS = 4
 FRAMES_PER_CALL = 16
@@ -46,13 +47,7 @@ _VIDEO_MARKERS = ("encoder.downsamples.", "encoder.down_blocks.0.resnets.0.conv1
 
 
 def _require_diffusers():
-    try:
-        import diffusers
-    except ImportError as exc:
-        raise ImportError(f"the SD VAE on the command line needs the optional package 'diffusers'; install it with "
-                          f"`{INSTALL_HINT}` (it does not replace your torch)") from exc
-    return diffusers
-
+    return require("diffusers", "the SD VAE on the command line")
 
 def _family_error(source: Any, what: str) -> CheckpointError:
     return CheckpointError(f"{source} is {what}; LatentSync needs the Stable Diffusion VAE (sd-vae-ft-mse: "

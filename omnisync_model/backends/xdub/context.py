@@ -27,6 +27,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ...core.checkpoint import CheckpointError, PathLike, atomic_save, read_header, read_tensors
+from ...core.optional import install_hint, require
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ CONTEXT_KEY = "context"
 FORMAT = "xdub-context"
 EOS_ID = 1  # umt5's </s>: the whole tokenisation of ""
 BLOCK = re.compile(r"^encoder\.block\.(\d+)\.")
-INSTALL_HINT = "pip install transformers"
+INSTALL_HINT = install_hint("transformers")
 
 
 def save_context(context: torch.Tensor, dst: PathLike, source: str = "") -> Path:
@@ -103,13 +104,7 @@ def umt5_config_from_shapes(shapes: dict, source: str):
 
 
 def _require_transformers():
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError(f"making the X-Dub context needs the optional package 'transformers'; install it with "
-                          f"`{INSTALL_HINT}`") from exc
-    return transformers
-
+    return require("transformers", "the umt5 context converter")
 
 def _umt5_files(src: Path) -> tuple[Optional[Path], list[Path]]:
     """(config.json or None, weight files) of a umt5 folder or single file; CheckpointError naming what is missing."""
