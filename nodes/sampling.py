@@ -31,7 +31,8 @@ def seed_input() -> io.Int.Input:
 
 def steps_input() -> io.Int.Input:
     return io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=200,
-                        tooltip="Euler steps from sigma = tau down to 0.")
+                        tooltip="Solver steps from sigma = tau down to 0 (the default solver, AB2, runs the model "
+                                "once per step; the unconditional branch only on steps where DS-CFG needs it).")
 
 
 def guidance_inputs() -> list:

@@ -23,7 +23,7 @@ def test_benchmark_structure_on_a_fresh_model():
     assert result["overall"]["psnr_outside_db"] > 60  # a copy of the source (inf is skipped in the mean)
     assert result["overall"]["off_colour_frames"] == 0  # a copy of the source has the source's mouths
     assert result["overall"]["frames"] == sum(m["frames"] for m in result["styles"].values()) > 0
-    assert result["settings"]["solver"] == "euler" and "off_colour" in format_table(result)
+    assert result["settings"]["solver"] == LipSyncOptions().solver and "off_colour" in format_table(result)
 
 
 def test_measure_counts_pale_blob_frames():

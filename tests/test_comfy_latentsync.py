@@ -42,7 +42,7 @@ def test_workflow_is_ui_format_with_the_download_note(workflow):
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note"]
     assert len(notes) == 1
     for needed in ("ByteDance/LatentSync-1.5", "ByteDance/LatentSync-1.6", "latentsync_unet.pt", "whisper/tiny.pt",
-                   "stabilityai/sd-vae-ft-mse", "convert_latentsync", "convert_openai_whisper", "models/omnisync",
+                   "stabilityai/sd-vae-ft-mse-original", "convert_latentsync", "convert_openai_whisper", "models/omnisync",
                    "models/vae", "models/audio_encoders", "512", "What to change"):
         assert needed in notes[0], needed
     loader = next(n for n in workflow["nodes"] if n["type"] == "OmniSyncModelLoader")
@@ -97,7 +97,7 @@ def _place_models(models: Path) -> None:
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
     half = {k: v.half().contiguous() for k, v in vae.state_dict().items()}  # 167 MB instead of 335
-    save_file(half, models / "vae" / "sd-vae-ft-mse.safetensors")
+    save_file(half, models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors")
     audio = models / "audio_encoders"
     (audio / "wav2vec2-base-960h").mkdir(parents=True, exist_ok=True)
     encoder = build_whisper_encoder(WHISPER_DIMS, device="cpu")

@@ -98,7 +98,7 @@ CONVERTED = {  # released as pickles, converted once by the pack's converter (it
     "whisper_tiny.safetensors",  # LatentSync's whisper/tiny.pt
     "latentsync_unet.safetensors",  # LatentSync's latentsync_unet.pt
 }
-RENAMED = {"sd-vae-ft-mse.safetensors": "diffusion_pytorch_model.safetensors"}  # the Note says to rename it
+RENAMED: dict[str, str] = {}  # workflow file name -> the downloaded file's name, where they differ (none now)
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 MODEL_FOLDERS = {"checkpoints", "diffusion_models", "text_encoders", "vae", "audio_encoders", "clip_vision",
                  "loras", "omnisync"}

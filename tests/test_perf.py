@@ -23,8 +23,8 @@ def model():
 W_PEAK = DSCFG().w_peak  # the default peak weight the pipeline uses
 
 
-def test_schedule_count_at_defaults_by_hand():
-    opts = LipSyncOptions()
+def test_schedule_count_of_the_previous_default_by_hand():
+    opts = perf.PREVIOUS_DEFAULT  # 20 Euler steps, shift 1
     # sigma_i = tau (1 - i / 20); DS-CFG weight w_peak (sigma / tau)^gamma = w_peak (1 - i/20)^1.5 needs uncond while > 1
     by_hand = sum(W_PEAK * (1 - i / 20) ** 1.5 > 1.0 for i in range(20))
     assert by_hand == 10 == perf.steps_needing_uncond(opts)  # w_peak 2.5: (1 - i/20)^1.5 > 0.4 for i <= 9
@@ -34,11 +34,28 @@ def test_schedule_count_at_defaults_by_hand():
     assert counts["full_schedule_always_both"] == 44
     # from sigma = 1 the weight w_peak (1 - i/22)^1.5 exceeds 1 for the first steps
     assert counts["full_schedule_with_skip"] == 22 + sum(W_PEAK * (1 - i / 22) ** 1.5 > 1.0 for i in range(22))
+    assert perf.expected_frame_evaluations(44, opts) / 44 == pytest.approx(32.727, abs=1e-3)  # issue 15's 32.7
+
+
+def test_schedule_count_at_defaults_by_hand():
+    opts = LipSyncOptions()
+    assert (opts.solver, opts.steps, opts.shift) == ("ab2", 9, 0.3)  # measured in issue 15
+    # uniform in t from t0 = unshift(tau), warped by sigma = s t / (1 + (s - 1) t); AB2 evaluates once per step
+    s, tau = opts.shift, opts.tau
+    t0 = tau / (s - (s - 1) * tau)
+    sig = [s * t / (1 + (s - 1) * t) for t in (t0 * (1 - i / 9) for i in range(9))]
+    by_hand = sum(W_PEAK * (x / tau) ** 1.5 > 1.0 for x in sig)
+    assert by_hand == 2 == perf.steps_needing_uncond(opts)  # sigmas 0.92 and 0.66; the third, 0.484 < 0.4996
+    assert perf.window_frame_evaluations(opts) == 9 + 2
+    assert perf.expected_frame_evaluations(44, opts) / 44 == pytest.approx(12.0)  # perf --quick: 44 frames
+    assert 12.0 <= perf.TARGETS["evals_per_frame"] == 13.0
+    heun = LipSyncOptions(solver="heun", steps=4, shift=1.0)  # 2 evaluations a step, 1 on the step to sigma = 0
+    assert len(perf.evaluation_points(heun)) == 7
 
 
 @pytest.mark.parametrize("n", [6, 20])
 def test_hook_count_matches_schedule_and_guidance_counters(model, n):
-    opts = LipSyncOptions(steps=6, window=8, overlap=2)
+    opts = LipSyncOptions(steps=6, window=8, overlap=2, shift=1.0)  # the default solver, one evaluation a step
     stats = RunStats()
     with perf.ForwardTimer(model) as timer:
         perf.run_lipsync(model, n, 16, opts, stats=stats)
@@ -50,6 +67,22 @@ def test_hook_count_matches_schedule_and_guidance_counters(model, n):
     assert stats.evaluations == len(windows) * (6 + guided)  # samples, not frames
     assert timer.calls == stats.model_calls == len(windows) * 6
     assert timer.seconds > 0
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "euler"])
+def test_hook_count_matches_schedule_for_every_solver(model, solver):
+    """Heun's corrector passes count too: the forward hooks, the guidance counters and the schedule agree."""
+    opts = LipSyncOptions(steps=4, window=8, overlap=2, solver=solver)
+    stats = RunStats()
+    with perf.ForwardTimer(model) as timer:
+        perf.run_lipsync(model, 10, 16, opts, stats=stats)
+    windows = plan_windows(10, opts.window, opts.overlap)
+    points = perf.evaluation_points(opts)
+    assert len(points) == (7 if solver == "heun" else 4)
+    assert timer.frame_evals == perf.expected_frame_evaluations(10, opts)
+    assert stats.evaluations == len(windows) * perf.window_frame_evaluations(opts)
+    assert timer.calls == stats.model_calls == len(windows) * len(points)
+    assert stats.steps_done == len(windows) * 4  # progress still once per step
 
 
 def test_force_uncond_equal_output_and_more_evaluations(model):

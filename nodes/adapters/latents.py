@@ -145,7 +145,7 @@ def sampler_inputs(noised: Mapping[str, Any], source: Mapping[str, Any], audio: 
 def sample_latent(backend: Backend, audio: EncodedAudio, inputs: SamplerInputs, steps: int,
                   options: LipSyncOptions, mouth: Any = None, on_step: Optional[Callable[[int], None]] = None,
                   window: Optional[WindowSlot] = None) -> dict:
-    """Guided Euler from sigma = tau to 0 over one window's latent; returns the LATENT dict.
+    """Guided ODE solve (``options.solver``) from sigma = tau to 0 over one window's latent; returns the LATENT dict.
 
     Same maths as one window of ``pipeline.iter_lipsync``: audio conditioning and the DS-CFG map of the window's
     absolute frames (the whole clip without a window), the backend's schedule from tau, its guidance and denoiser.
@@ -165,6 +165,6 @@ def sample_latent(backend: Backend, audio: EncodedAudio, inputs: SamplerInputs, 
     cond = backend.condition(WindowInputs(src, None, None, audio.window(start, n_video, tf), start, firsts))
     sigmas = backend.sigmas(int(steps), inputs.tau, options.shift)
     guidance = backend.guidance(gmap.to(device), float(sigmas[0]), options)
-    out, _ = guided_denoise(backend, x, cond, guidance, sigmas, on_step=on_step)
+    out, _ = guided_denoise(backend, x, cond, guidance, sigmas, on_step=on_step, solver=options.solver)
     out = out[..., :hw[0], :hw[1]]
     return latent_from_5d(out, inputs.image_batch, temporal_factor=tf)

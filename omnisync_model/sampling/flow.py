@@ -15,6 +15,10 @@ Solvers of dx/dsigma = v(x, sigma) over a schedule sigma_0 > ... > sigma_S (h_i 
     dpmpp_2m  DPM-Solver++(2M) on the data prediction D = x - sigma v in log-SNR time lambda = log((1 - sigma) /
               sigma); its first-order step is exactly Euler in these coordinates; first and last steps first order
 All call ``velocity_fn`` only at the schedule's sigmas, in order, and ``callback`` once per step.
+Measured on the shipped demo model (issue 15): its velocity wiggles in sigma on a 0.001 scale (the sigma embedding
+runs up to 1000 rad per unit sigma), so no solver shows its textbook order at practical step counts; a low shift
+(most steps near sigma = 0, where v = (x - x0) / sigma is stiff) matters more than the order, and AB2 at 9 steps,
+shift 0.3 came closest to a 100-step Euler solve among the settings within 11 evaluations per window frame.
 
 Shape legend:
     B  batch            C  latent channels

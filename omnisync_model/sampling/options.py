@@ -22,21 +22,25 @@ class LipSyncOptions:
 
     solver: the ODE solver over the schedule (:data:`~.flow.SOLVERS`): "euler" (one model pass per step), "ab2" and
     "dpmpp_2m" (second-order multistep, one pass per step), "heun" (second order, two passes per step).
+    Defaults (issue 15, measured on the shipped model): AB2, 9 steps, shift 0.3 (most steps at low noise, where the
+    x0-predicting model's velocity changes fastest): 12 DiT frame-evaluations per output frame instead of 32.7 for
+    20 Euler steps at shift 1, and closer to a 100-step Euler solve than those 20 steps are. Families whose
+    reference sampler is Euler (X-Dub, LatentSync) pin solver="euler" in their ``default_options``.
 
     stitch: "crossfade" blends overlapping windows (raised cosine); "continue" conditions each window on the
     previous window's last output frames (backends with motion frames, e.g. X-Dub) and keeps the earlier frames.
     """
 
     tau: float = 0.92
-    steps: int = 20
-    shift: float = 1.0
+    steps: int = 9
+    shift: float = 0.3
     window: int = 16
     overlap: int = 2
     seed: int = 0
     guidance: DSCFG = field(default_factory=DSCFG)
     audio_margin_s: float = 1.0
     stitch: str = "crossfade"
-    solver: str = "euler"
+    solver: str = "ab2"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tau <= 1.0:

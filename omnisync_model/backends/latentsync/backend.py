@@ -155,9 +155,9 @@ class LatentSyncBackend(Backend):
     def default_options(self) -> LipSyncOptions:
         if self.mode == "reference":
             return LipSyncOptions(tau=float(S.ddim_sigmas()[0]), steps=S.DEFAULT_STEPS, window=REFERENCE_WINDOW,
-                                  overlap=0, guidance=DSCFG.static(S.GUIDANCE_SCALE))
+                                  overlap=0, guidance=DSCFG.static(S.GUIDANCE_SCALE), solver="euler")
         return LipSyncOptions(tau=0.92, steps=S.DEFAULT_STEPS, window=REFERENCE_WINDOW, overlap=2,
-                              guidance=DSCFG(w_peak=S.GUIDANCE_SCALE, w_base=1.0, gamma=1.5))
+                              guidance=DSCFG(w_peak=S.GUIDANCE_SCALE, w_base=1.0, gamma=1.5), solver="euler")
 
     def inference_memory(self, tokens: int) -> int:
         """Rough activation bytes of one two-branch forward over ``tokens`` latent positions (T x h x w)."""

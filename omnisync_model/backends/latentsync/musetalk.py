@@ -160,7 +160,7 @@ class MuseTalkBackend(Backend):
         return MuseTalkCodec(codec)
 
     def default_options(self) -> LipSyncOptions:
-        return LipSyncOptions(tau=1.0, steps=1, window=WINDOW, overlap=0)
+        return LipSyncOptions(tau=1.0, steps=1, window=WINDOW, overlap=0, solver="euler")
 
     def audio_condition(self, audio: AudioInput, fps: float, options: LipSyncOptions) -> MuseTalkAudio:
         return MuseTalkAudio(audio, fps, self.config.audio_dim, self.encode)

@@ -153,7 +153,7 @@ class XDubBackend(Backend):
 
     def default_options(self) -> LipSyncOptions:
         return LipSyncOptions(tau=1.0, steps=S.STEPS, shift=S.SHIFT, window=CLIP_FRAMES, overlap=MOTION_FRAMES,
-                              stitch="continue", guidance=DSCFG())
+                              stitch="continue", guidance=DSCFG(), solver="euler")
 
     def inference_memory(self, tokens: int) -> int:
         """Activations of one three-branch forward: reference + target tokens, the FFN dominating (bf16)."""
