@@ -1,8 +1,8 @@
 """wav2vec2 speech features (X-Dub uses facebook/wav2vec2-base-960h): strict loading of a local Hugging Face
 folder, a one-time ``pytorch_model.bin`` -> safetensors converter, and 50 Hz features.
 
-The network is transformers' ``Wav2Vec2Model`` built from the folder's config.json (never ``from_pretrained``,
-never a hub id). Checkpoints saved from ``Wav2Vec2ForCTC`` (the 960h release) carry a ``wav2vec2.`` prefix and an
+The network is transformers' ``Wav2Vec2Model`` built from the folder's config.json (never by name from a
+model hub). Checkpoints saved from ``Wav2Vec2ForCTC`` (the 960h release) carry a ``wav2vec2.`` prefix and an
 ``lm_head``; the prefix is stripped and task heads are dropped. Legacy weight-norm names (``weight_g`` /
 ``weight_v``, as in the release files) become ``parametrizations.weight.original0`` / ``original1``.
 

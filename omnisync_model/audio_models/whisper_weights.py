@@ -1,7 +1,7 @@
 """Whisper encoder weights: OpenAI checkpoint dims and key names -> transformers ``WhisperEncoder``, the one-time
 ``.pt`` -> safetensors converter, and the strict loader of converted files.
 
-The network is transformers' ``WhisperEncoder`` built from a config (never ``from_pretrained``, never a hub id).
+The network is transformers' ``WhisperEncoder`` built from a config (never by name from a model hub).
 OpenAI checkpoints (``tiny.pt``, ``large-v2.pt``) are ``{"dims": {...}, "model_state_dict": {...}}``; only the
 encoder half is kept. Name map (OpenAI -> transformers), per block ``i``::
 
