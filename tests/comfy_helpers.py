@@ -15,7 +15,8 @@ import urllib.request
 import uuid
 import wave
 from pathlib import Path
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -231,6 +232,20 @@ class ComfyServer:
                 if item.get("type") == "output":
                     files.append(self.output_dir / item.get("subfolder", "") / item["filename"])
         return files
+
+
+@contextmanager
+def running_server(base: Path, setup: Callable[[ComfyServer], None]) -> Iterator[ComfyServer]:
+    """A started server on ``base`` (COMFYUI_PATH, COMFYUI_PYTHON or this interpreter) after ``setup(server)`` has
+    placed its models and inputs; stopped on exit."""
+    srv = ComfyServer(Path(os.environ["COMFYUI_PATH"]), os.environ.get("COMFYUI_PYTHON", sys.executable), base)
+    srv.prepare()
+    setup(srv)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
 
 
 def history_error(history: dict) -> str:

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfy_helpers import ComfyServer, history_error, load_workflow, speech_wav, talking_clip, ui_to_api, write_video
+from comfy_helpers import running_server, history_error, load_workflow, speech_wav, talking_clip, ui_to_api, write_video
 
 NAME = "lipsync_latentsync.json"
 COMFY = os.environ.get("COMFYUI_PATH")
@@ -111,18 +110,14 @@ def _place_models(models: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_latentsync")
-    srv = ComfyServer(Path(COMFY), os.environ.get("COMFYUI_PYTHON", sys.executable), base)
-    srv.prepare()
-    _place_models(srv.models_dir)
-    frames, speech = talking_clip(0.7, float(FPS), seed=5)
-    write_video(srv.input_dir / "omnisync_face.mp4", frames, FPS, speech)
-    speech_wav(srv.input_dir / "omnisync_speech.wav", 1.0)
-    try:
-        srv.start()
+    def setup(srv):
+        _place_models(srv.models_dir)
+        frames, speech = talking_clip(0.7, float(FPS), seed=5)
+        write_video(srv.input_dir / "omnisync_face.mp4", frames, FPS, speech)
+        speech_wav(srv.input_dir / "omnisync_speech.wav", 1.0)
+
+    with running_server(tmp_path_factory.mktemp("comfy_latentsync"), setup) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @needs_server

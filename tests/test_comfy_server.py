@@ -7,13 +7,12 @@ Inputs are tiny synthetic talking-face clips (64x64); sampling steps are cut to 
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_helpers import (ComfyServer, history_error, history_events, load_workflow, nodes_of_type, speech_wav,
+from comfy_helpers import (running_server, history_error, history_events, load_workflow, nodes_of_type, speech_wav,
                            talking_clip, ui_to_api, write_video)
 
 COMFY = os.environ.get("COMFYUI_PATH")
@@ -59,16 +58,12 @@ def _write_inputs(input_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    srv = ComfyServer(Path(COMFY), os.environ.get("COMFYUI_PYTHON", sys.executable), base)
-    srv.prepare()
-    _place_checkpoint(srv.models_dir)
-    _write_inputs(srv.input_dir)
-    try:
-        srv.start()
+    def setup(srv):
+        _place_checkpoint(srv.models_dir)
+        _write_inputs(srv.input_dir)
+
+    with running_server(tmp_path_factory.mktemp("comfy_base"), setup) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

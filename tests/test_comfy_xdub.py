@@ -10,14 +10,13 @@ COMFYUI_PATH (and COMFYUI_PYTHON) set.
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_helpers import (ComfyServer, history_error, load_workflow, nodes_of_type, speech_wav, talking_clip,
+from comfy_helpers import (running_server, history_error, load_workflow, nodes_of_type, speech_wav, talking_clip,
                            ui_to_api, write_video)
 from conftest import MEDIA
 
@@ -65,26 +64,22 @@ def server(tmp_path_factory):
     pytest.importorskip("transformers")
     from xdub_helpers import write_audio_models, write_context, write_xdub
 
-    base = tmp_path_factory.mktemp("comfy_xdub")
-    srv = ComfyServer(Path(COMFY), os.environ.get("COMFYUI_PYTHON", sys.executable), base)
-    srv.prepare()
-    models = srv.models_dir
-    write_xdub(models / "omnisync" / "X-Dub_model.safetensors")
-    write_context(models / "omnisync" / "xdub_context.safetensors")
-    (models / "vae").mkdir(parents=True, exist_ok=True)
-    write_full_wan22_vae(models / "vae" / "Wan2.2_VAE.safetensors")
-    audio = write_audio_models(models / "audio_encoders")
-    (audio / "whisper" / "large-v2.safetensors").rename(audio / "whisper-large-v2.safetensors")
-    frames, speech = talking_clip(SECONDS, FPS, seed=3)
-    write_video(srv.input_dir / "omnisync_face.mp4", frames, FPS, speech)
-    speech_wav(srv.input_dir / "omnisync_speech.wav", AUDIO_S)
-    if CLIP.is_file() and SPEECH.is_file():
-        _cut_real_clip(srv.input_dir)
-    try:
-        srv.start()
+    def setup(srv):
+        models = srv.models_dir
+        write_xdub(models / "omnisync" / "X-Dub_model.safetensors")
+        write_context(models / "omnisync" / "xdub_context.safetensors")
+        (models / "vae").mkdir(parents=True, exist_ok=True)
+        write_full_wan22_vae(models / "vae" / "Wan2.2_VAE.safetensors")
+        audio = write_audio_models(models / "audio_encoders")
+        (audio / "whisper" / "large-v2.safetensors").rename(audio / "whisper-large-v2.safetensors")
+        frames, speech = talking_clip(SECONDS, FPS, seed=3)
+        write_video(srv.input_dir / "omnisync_face.mp4", frames, FPS, speech)
+        speech_wav(srv.input_dir / "omnisync_speech.wav", AUDIO_S)
+        if CLIP.is_file() and SPEECH.is_file():
+            _cut_real_clip(srv.input_dir)
+
+    with running_server(tmp_path_factory.mktemp("comfy_xdub"), setup) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

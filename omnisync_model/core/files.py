@@ -127,3 +127,12 @@ def atomic_write_bytes(path: PathLike, data: bytes, *inputs: Optional[PathLike])
 
 def atomic_write_text(path: PathLike, text: str, *inputs: Optional[PathLike], encoding: str = "utf-8") -> Path:
     return atomic_write_bytes(path, text.encode(encoding), *inputs)
+
+
+def first_existing(base: PathLike, names: tuple[str, ...], folder: bool) -> Optional[Path]:
+    """The first of ``base / name`` for ``names`` that is a folder (``folder``) or a file, else None."""
+    for name in names:
+        p = Path(base) / name
+        if (p.is_dir() if folder else p.is_file()):
+            return p
+    return None

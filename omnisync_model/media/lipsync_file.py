@@ -122,17 +122,18 @@ def locate_in_video(video: PathLike, work: int = LOCATE_SIZE, options: LocateOpt
 
 
 def track_video(video: PathLike, finder: str = "face mesh", keep_landmarks: bool = False,
-                on_chunk: Optional[Callable[[int], None]] = None,
-                stamps: Optional[list] = None) -> tuple[MouthTrack, Optional[torch.Tensor]]:
+                on_chunk: Optional[Callable[[int], None]] = None, stamps: Optional[list] = None,
+                fps: Optional[float] = None) -> tuple[MouthTrack, Optional[torch.Tensor]]:
     """(mouth track, pixel landmarks [F,478,2] or None) of a whole video file, streamed.
 
     finder "face mesh": the face detector + mesh followed frame to frame (frames it misses fall back to the
-    weight-free locator, then to their neighbours); "locator": :func:`locate_in_video`."""
+    weight-free locator, then to their neighbours); "locator": :func:`locate_in_video`. ``fps``: the video's rate (the tracker smooths in
+    seconds), probed when not given."""
     if finder not in FINDERS:
         raise ValueError(f"finder must be one of {FINDERS}, got {finder!r}")
     if finder == "locator":
         return locate_in_video(video, on_chunk=on_chunk, stamps=stamps), None
-    fps = float(probe_video(video).fps)
+    fps = float(fps if fps is not None else probe_video(video).fps)
     track = face_track(iter_video_frames(video, READ_CHUNK, stamps=stamps), fps,
                        TrackOptions(keep_landmarks=keep_landmarks, chunk=READ_CHUNK), progress=on_chunk)
     if len(track) == 0:
@@ -173,7 +174,7 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
     probed, fps, width, height, _ = probe_video(video)
     stamps: list = []
     aligned = backend.crop_rules.alignment == "similarity" and box == "auto"
-    track, landmarks = track_video(video, finder, keep_landmarks=aligned, stamps=stamps,
+    track, landmarks = track_video(video, finder, keep_landmarks=aligned, stamps=stamps, fps=float(fps),
                                    on_chunk=(lambda _done: check_interrupt()) if check_interrupt else None)
     n = len(track)  # frames that really decode (a container's count can be off)
     if n != probed:

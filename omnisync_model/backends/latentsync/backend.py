@@ -78,6 +78,17 @@ class LatentSyncCodec:
         return self.vae.decode(latent * self.decode_scale)
 
 
+def check_sd_vae(codec: Optional[Codec], family: str) -> Codec:
+    """The connected VAE when it is the Stable Diffusion VAE's shape (4 channels, 8x, one latent per frame)."""
+    if codec is None:
+        raise ValueError(f"the {family} backend needs the SD VAE (sd-vae-ft-mse): connect it")
+    if (codec.latent_channels, codec.spatial_factor, codec.temporal_factor) != (4, 8, 1):
+        raise ValueError(f"the VAE makes {codec.latent_channels}-channel latents at {codec.spatial_factor}x "
+                         f"spatial / {codec.temporal_factor}x temporal; {family} needs the Stable Diffusion "
+                         f"VAE (sd-vae-ft-mse: 4 channels, 8x, one latent per frame), not a VAE of another family")
+    return codec
+
+
 class LatentSyncAudio(AudioCondition):
     """Whisper-tiny features [S,K,A] at 50 Hz (from ``AudioInput.features`` as [S,K*A] or [S,K,A], or encoded
     from the waveform by ``encode``), cut into the reference's per-frame windows by absolute frame index."""
@@ -144,13 +155,7 @@ class LatentSyncBackend(Backend):
     def prepare_codec(self, codec: Optional[Codec]) -> Codec:
         if isinstance(codec, LatentSyncCodec):
             return codec
-        if codec is None:
-            raise ValueError("the LatentSync backend needs the SD VAE (sd-vae-ft-mse): connect it")
-        if (codec.latent_channels, codec.spatial_factor, codec.temporal_factor) != (4, 8, 1):
-            raise ValueError(f"the VAE makes {codec.latent_channels}-channel latents at {codec.spatial_factor}x "
-                             f"spatial / {codec.temporal_factor}x temporal; LatentSync needs the Stable Diffusion "
-                             f"VAE (sd-vae-ft-mse: 4 channels, 8x, one latent per frame), not a VAE of another family")
-        return LatentSyncCodec(codec)
+        return LatentSyncCodec(check_sd_vae(codec, "LatentSync"))
 
     def default_options(self) -> LipSyncOptions:
         if self.mode == "reference":

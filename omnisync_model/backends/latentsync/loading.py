@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...core.checkpoint import CheckpointError, PathLike, read_header
+from ...core.files import first_existing
 from ...families.latentsync import diagnose, file_config, load_latentsync
 from ...families.latentsync.config import input_channels
 from ...sampling.backend import Backend
@@ -96,14 +97,6 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Option
 # --------------------------------------------------------------------------------------------- the command line
 
 
-def _first(base: Path, names: tuple[str, ...], folder: bool) -> Optional[Path]:
-    for name in names:
-        p = base / name
-        if (p.is_dir() if folder else p.is_file()):
-            return p
-    return None
-
-
 def find_checkpoint(path: Path) -> Path:
     """The LatentSync file: ``path`` itself, or in a folder latentsync_unet.safetensors / the one LatentSync file."""
     if path.is_file():
@@ -136,9 +129,9 @@ def find_whisper(weights: Path, audio_models: Optional[PathLike]) -> Path:
     base = Path(audio_models) if audio_models is not None else (weights if weights.is_dir() else weights.parent)
     if not base.is_dir():
         raise FileNotFoundError(f"audio-model folder not found: {base}")
-    found = _first(base, WHISPER_FILES, folder=False)
+    found = first_existing(base, WHISPER_FILES, folder=False)
     if found is None:
-        pickle = _first(base, WHISPER_PICKLES, folder=False)
+        pickle = first_existing(base, WHISPER_PICKLES, folder=False)
         hint = (f"; {pickle} is OpenAI's pickle: convert it once with convert_openai_whisper('{pickle}', "
                 f"'{base / WHISPER_FILES[0]}') (`omnisync convert`)" if pickle else
                 "; LatentSync's whisper/tiny.pt converted with `omnisync convert`")
@@ -151,7 +144,7 @@ def find_vae(weights: Path, vae: Optional[PathLike]) -> Path:
     if vae is not None:
         return Path(vae)
     base = weights if weights.is_dir() else weights.parent
-    found = _first(base, VAE_FOLDERS, folder=True)
+    found = first_existing(base, VAE_FOLDERS, folder=True)
     if found is None:
         raise CheckpointError(f"no SD VAE: pass --vae (the diffusers folder of stabilityai/sd-vae-ft-mse, or its "
                               f".safetensors file) or put it in {base}/{VAE_FOLDERS[0]}/")

@@ -39,7 +39,7 @@ from ...families.latentsync.audio_index import TAPS, musetalk_audio, musetalk_fr
 from ...sampling.backend import AudioCondition, Backend, CropRules, WindowInputs, WindowRules
 from ...sampling.guidance import Guidance
 from ...sampling.options import AudioInput, LipSyncOptions
-from .backend import VAE_SCALE
+from .backend import VAE_SCALE, check_sd_vae
 from .speech import CHUNKINGS, check_whisper
 
 __all__ = ["MuseTalkBackend", "MuseTalkCodec", "MuseTalkAudio", "musetalk_whisper_features", "upper_half_mask"]
@@ -151,13 +151,7 @@ class MuseTalkBackend(Backend):
     def prepare_codec(self, codec: Optional[Codec]) -> Codec:
         if isinstance(codec, MuseTalkCodec):
             return codec
-        if codec is None:
-            raise ValueError("the MuseTalk backend needs the SD VAE (sd-vae-ft-mse): connect it")
-        if (codec.latent_channels, codec.spatial_factor, codec.temporal_factor) != (4, 8, 1):
-            raise ValueError(f"the VAE makes {codec.latent_channels}-channel latents at {codec.spatial_factor}x "
-                             f"spatial / {codec.temporal_factor}x temporal; MuseTalk needs the Stable Diffusion VAE "
-                             f"(sd-vae-ft-mse: 4 channels, 8x, one latent per frame), not a VAE of another family")
-        return MuseTalkCodec(codec)
+        return MuseTalkCodec(check_sd_vae(codec, "MuseTalk"))
 
     def default_options(self) -> LipSyncOptions:
         return LipSyncOptions(tau=1.0, steps=1, window=WINDOW, overlap=0, solver="euler")

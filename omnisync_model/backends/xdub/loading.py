@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ...core.checkpoint import CheckpointError, PathLike, read_header
+from ...core.files import first_existing
 from ...families.xdub import detect_xdub, load_xdub, read_xdub_config
 from ...families.xdub.weights import PREFIXES
 from .backend import XDubBackend
@@ -115,19 +116,11 @@ def find_checkpoint(path: Path) -> Path:
     return found[0]
 
 
-def _first(base: Path, names: tuple[str, ...], folder: bool) -> Optional[Path]:
-    for name in names:
-        p = base / name
-        if (p.is_dir() if folder else p.is_file()):
-            return p
-    return None
-
-
 def find_vae(weights: Path, vae: Optional[PathLike]) -> Path:
     if vae is not None:
         return Path(vae)
     base = weights if weights.is_dir() else weights.parent
-    found = _first(base, VAE_FOLDERS, folder=True) or _first(base, VAE_FILES, folder=False)
+    found = first_existing(base, VAE_FOLDERS, folder=True) or first_existing(base, VAE_FILES, folder=False)
     if found is None:
         raise CheckpointError(f"no Wan2.2 VAE in {base}: pass --vae (Wan2.2_VAE.safetensors or a diffusers VAE "
                               f"folder) or put {VAE_FILES[0]} there")
@@ -139,13 +132,13 @@ def find_audio_models(weights: Path, audio_models: Optional[PathLike]) -> tuple[
     base = Path(audio_models) if audio_models is not None else (weights if weights.is_dir() else weights.parent)
     if not base.is_dir():
         raise FileNotFoundError(f"audio-model folder not found: {base}")
-    whisper = _first(base, WHISPER_FILES, folder=False)
+    whisper = first_existing(base, WHISPER_FILES, folder=False)
     if whisper is None:
-        pickle = _first(base, ("whisper/large-v2.pt", "large-v2.pt"), folder=False)
+        pickle = first_existing(base, ("whisper/large-v2.pt", "large-v2.pt"), folder=False)
         hint = (f"; {pickle} is a pickle: convert it once with convert_openai_whisper('{pickle}', "
                 f"'{base / WHISPER_FILES[0]}') (`omnisync convert`)" if pickle else "")
         raise CheckpointError(f"{base}: no Whisper large-v2 encoder ({' or '.join(WHISPER_FILES)}){hint}")
-    wav2vec2 = _first(base, WAV2VEC2_FOLDERS, folder=True)
+    wav2vec2 = first_existing(base, WAV2VEC2_FOLDERS, folder=True)
     if wav2vec2 is None:
         raise CheckpointError(f"{base}: no wav2vec2 folder ({' or '.join(WAV2VEC2_FOLDERS)}: config.json + "
                               f"model.safetensors of facebook/wav2vec2-base-960h)")
