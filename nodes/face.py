@@ -91,7 +91,9 @@ class OmniSyncFacePaste(io.ComfyNode):
                 io.Combo.Input("blend", options=list(BLENDS), default="mouth", optional=True,  # old prompts: absent
                                tooltip="'mouth': take only a soft disc around the mouth from the synced crops "
                                        "(the rest keeps the source's full-resolution pixels; frames without a "
-                                       "located mouth stay unchanged). 'box': take the whole crop."),
+                                       "located mouth stay unchanged). 'jaw': the lips, chin and jaw outlined by the face "
+                                       "mesh (the mouth disc on frames where the mesh found no face). 'box': take "
+                                       "the whole crop."),
             ],
             outputs=[io.Image.Output("pasted", display_name="images")],
         )

@@ -41,7 +41,8 @@ class OmniSyncLipSyncVideo(io.ComfyNode):
                                        "model sees the whole frame, resized to 'size'."),
                 io.Combo.Input("blend", options=list(BLENDS), default="mouth",
                                tooltip="'mouth': take only a soft disc around the mouth from the result (the rest "
-                                       "keeps the source's full-resolution pixels). 'box': take the whole crop."),
+                                       "keeps the source's full-resolution pixels). 'jaw': the lips, chin and jaw "
+                                       "outlined by the face mesh. 'box': take the whole crop."),
                 io.Int.Input("size", default=0, min=0, max=4096, step=8,
                              tooltip="Working resolution in pixels; 0 = the resolution the model was trained at."),
                 tau_input(),

@@ -226,3 +226,43 @@ def test_frame_validation():
     for bad in (np.zeros((4, 5, 2), np.uint8), np.zeros((2, 4, 5, 3), np.uint8), np.zeros((0, 5, 3), np.uint8)):
         with pytest.raises(FrameError):
             as_frame(bad)
+
+
+def _reference_sample(image, matrix, n, border):
+    """The straightforward form of the 8-bit warp's sampling (on a contiguous copy), to check the fast one against."""
+    hgt, wid, ch = image.shape
+    image = image.contiguous()
+    g = torch.arange(n, dtype=torch.float64)
+    m = torch.nan_to_num(matrix.double(), nan=0.0, posinf=0.0, neginf=0.0)
+    x = m[0, 0] * g[None, :] + m[0, 1] * g[:, None] + m[0, 2]
+    y = m[1, 0] * g[None, :] + m[1, 1] * g[:, None] + m[1, 2]
+    qx, qy = torch.round(x * 32).clamp(-2.0 ** 40, 2.0 ** 40).long(), torch.round(y * 32).clamp(-2.0 ** 40, 2.0 ** 40).long()
+    x0, y0 = torch.div(qx, 32, rounding_mode="floor"), torch.div(qy, 32, rounding_mode="floor")
+    fx, fy = (qx - 32 * x0).float() / 32, (qy - 32 * y0).float() / 32
+    out = torch.zeros(n, n, ch)
+    for dx, dy, wt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xs, ys = x0 + dx, y0 + dy
+        if border == "zero":
+            wt = wt * ((xs >= 0) & (xs < wid) & (ys >= 0) & (ys < hgt))
+        out += image[ys.clamp(0, hgt - 1), xs.clamp(0, wid - 1)].float() * wt[..., None]
+    return out
+
+
+@pytest.mark.parametrize("border", ["replicate", "zero"])
+def test_sampling_reads_strided_frames_in_place_and_equals_the_plain_form(border):
+    """The sampler equals the plain per-neighbour form (to float rounding) and gives the same result, bit for bit,
+    on a strided frame (a padded-row array as PyAV returns, a crop view, a channel slice) as on its copy."""
+    g = torch.Generator().manual_seed(3)
+    padded = torch.randint(0, 256, (40, 64, 4), generator=g, dtype=torch.uint8)
+    views = {"padded rows": padded[:, :50, :3], "crop": padded[5:30, 7:41, :3], "rgba": padded[:, :50]}
+    for roi in ([[20.3, 18.9, 30.0, 26.0, 0.4]], [[2.0, 3.0, 90.0, 90.0, -2.0]], [[float("nan"), 1, 2, 3, 0]]):
+        for name, view in views.items():
+            assert not view.is_contiguous()
+            m = R.roi_matrix(torch.tensor(roi), 24)[0]
+            fast = R.sample(view, m, 24, border)
+            assert torch.equal(fast, R.sample(view.contiguous(), m, 24, border)), name
+            assert torch.allclose(fast, _reference_sample(view, m, 24, border), atol=1e-4), name
+    arr = padded.numpy()[:, :50, :3]  # a numpy view with padded rows is read without a copy
+    t, _ = as_frame(arr)
+    assert t.data_ptr() == padded.data_ptr() and not t.is_contiguous()
+    assert torch.equal(as_frame(arr[::-1])[0], torch.from_numpy(arr[::-1].copy()))  # negative steps: copied

@@ -56,8 +56,8 @@ def paste_faces(images: torch.Tensor, synced: torch.Tensor, crop: CropInfo, feat
     """The OmniSyncFacePaste node without ComfyUI: synced crops back into a copy of the frames (feathered edge,
     colour matched); pixels outside the boxes are bit-exact copies of ``images``.
 
-    ``blend``: 'box' takes the whole crop; 'mouth' only the soft mouth disc of the file path
-    (:func:`~omnisync_model.media.lipsync_file.blend_weights`), so the rest of the box keeps the source's
+    ``blend``: 'box' takes the whole crop; 'mouth' only the soft mouth disc of the file path, 'jaw' the mesh's lips
+    and jaw (:func:`~omnisync_model.media.lipsync_file.blend_weights`), so the rest of the box keeps the source's
     full-resolution pixels; frames without a located mouth stay as they were."""
     check_blend(blend)
     frames = image_to_frames(images)
@@ -71,7 +71,7 @@ def paste_faces(images: torch.Tensor, synced: torch.Tensor, crop: CropInfo, feat
     if blend == "box":
         return paste_back_per_frame(frames, result, crop.boxes, feather=int(feather))
     if crop.mouth is None or len(crop.mouth) != frames.shape[0]:
-        raise ValueError("blend 'mouth' needs the mouth track of OmniSyncFaceCrop's crop; connect its 'crop' "
+        raise ValueError(f"blend {blend!r} needs the mouth track of OmniSyncFaceCrop's crop; connect its 'crop' "
                          "output or use blend 'box'")
     out = frames.clone()
     for start in range(0, frames.shape[0], PASTE_FRAMES):  # weights [k,h,w] a chunk at a time

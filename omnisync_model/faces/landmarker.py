@@ -35,7 +35,10 @@ class FrameError(ValueError):
 
 def as_frame(frame: Frame) -> tuple[torch.Tensor, float]:
     """A frame as a [H,W,C] tensor (no copy when possible) and the factor that maps its values to 0..255."""
-    t = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if isinstance(frame, np.ndarray):  # strided arrays (PyAV pads rows) are read in place; negative steps copied
+        t = torch.from_numpy(frame if all(st >= 0 for st in frame.strides) else np.ascontiguousarray(frame))
+    else:
+        t = frame
     if t.dim() == 2:
         t = t[..., None]  # [H,W] grey -> [H,W,1]
     if t.dim() != 3 or t.shape[-1] not in (1, 3, 4) or min(t.shape[:2]) < 1:

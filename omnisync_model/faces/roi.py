@@ -28,7 +28,8 @@ import torch
 from .topology import ROTATION_POINTS
 
 ROI_SCALE = 1.5
-TAB = 32  # OpenCV's bilinear table: sample positions in 1/32 pixel
+TAB_BITS = 5
+TAB = 1 << TAB_BITS  # OpenCV's bilinear table: sample positions in 1/32 pixel
 
 
 def normalize_radians(a: torch.Tensor) -> torch.Tensor:
@@ -64,20 +65,39 @@ def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> to
     g = torch.arange(n, device=dev, dtype=torch.float64)
     m = torch.nan_to_num(matrix.to(dev, torch.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN ROIs: border
     lim = 2.0 ** 40
-    x = m[0, 0] * g[None, :] + m[0, 1] * g[:, None] + m[0, 2]  # [n,n] frame x of each tensor pixel
-    y = m[1, 0] * g[None, :] + m[1, 1] * g[:, None] + m[1, 2]
-    qx = torch.round(x * TAB).clamp(-lim, lim).long().view(-1)  # [n,n] -> [n*n], in 1/32 pixels
-    qy = torch.round(y * TAB).clamp(-lim, lim).long().view(-1)
-    x0, y0 = torch.div(qx, TAB, rounding_mode="floor"), torch.div(qy, TAB, rounding_mode="floor")  # [n*n]
-    fx, fy = (qx - x0 * TAB).float() / TAB, (qy - y0 * TAB).float() / TAB
-    xs = torch.stack([x0, x0 + 1, x0, x0 + 1])  # the 4 neighbours of each sample: [4,n*n]
-    ys = torch.stack([y0, y0, y0 + 1, y0 + 1])
-    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])  # [4,n*n]
-    if border == "zero":
-        w = w * ((xs >= 0) & (xs < wid) & (ys >= 0) & (ys < hgt))
-    idx = (ys.clamp(0, hgt - 1) * wid + xs.clamp(0, wid - 1)).view(-1)  # [4,n*n] -> [4*n*n]
-    vals = image.reshape(hgt * wid, ch).index_select(0, idx).view(4, n * n, ch).float()  # [4,n*n,C]
+    x = (m[0, 0] * g)[None, :] + (m[0, 1] * g + m[0, 2])[:, None]  # [n,n] frame x of each tensor pixel (u, v)
+    y = (m[1, 0] * g)[None, :] + (m[1, 1] * g + m[1, 2])[:, None]
+    qx = (x * TAB).round_().clamp_(-lim, lim).long().view(-1)  # [n,n] -> [n*n], in 1/32 pixels
+    qy = (y * TAB).round_().clamp_(-lim, lim).long().view(-1)
+    x0, y0 = qx >> TAB_BITS, qy >> TAB_BITS  # floor division by 32 (arithmetic shift), [n*n]
+    fx, fy = (qx & (TAB - 1)).float().div_(TAB), (qy & (TAB - 1)).float().div_(TAB)  # fractions, exact
+    gx, gy = 1 - fx, 1 - fy
+    w = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy])  # weights of the 4 neighbours: [4,n*n]
+    table, row_step = pixel_table(image)  # pixel (y, x) is table[y * row_step + x]
+    xa, xb = x0.clamp(0, wid - 1), (x0 + 1).clamp_(0, wid - 1)
+    ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp_(0, hgt - 1).mul_(row_step)  # row offsets
+    if border == "zero":  # neighbours outside the image weigh nothing
+        inx0, inx1 = (x0 >= 0) & (x0 < wid), (x0 >= -1) & (x0 < wid - 1)
+        iny0, iny1 = (y0 >= 0) & (y0 < hgt), (y0 >= -1) & (y0 < hgt - 1)
+        w = w * torch.stack([inx0 & iny0, inx1 & iny0, inx0 & iny1, inx1 & iny1])
+    idx = torch.stack([ya + xa, ya + xb, yb + xa, yb + xb]).view(-1)  # [4,n*n] -> [4*n*n]
+    vals = table.index_select(0, idx).view(4, n * n, ch).float()  # [4*n*n,C] -> [4,n*n,C]
     return (vals * w[..., None]).sum(0).view(n, n, ch)  # [n*n,C] -> [n,n,C]
+
+
+def pixel_table(image: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A [P,C] view of an [H,W,C] image's pixels and its row step: pixel (y, x) is ``table[y * step + x]``.
+
+    Frames whose pixels are evenly spaced with adjacent channels (contiguous, or rows padded as PyAV returns them,
+    or a crop of either) are viewed in place; other layouts are copied once."""
+    hgt, wid, ch = image.shape
+    s_row, s_px, s_ch = image.stride()
+    if image.is_contiguous():
+        return image.reshape(hgt * wid, ch), wid
+    if s_ch == 1 and s_px >= ch and s_row % s_px == 0 and s_row >= wid * s_px:
+        rows = s_row // s_px
+        return image.as_strided(((hgt - 1) * rows + wid, ch), (s_px, 1)), rows  # [P,C] over the frame's memory
+    return image.contiguous().reshape(hgt * wid, ch), wid
 
 
 def project(points: torch.Tensor, rois: torch.Tensor, n: int) -> torch.Tensor:

@@ -41,3 +41,7 @@ ROTATION_POINTS = (33, 263)  # ROI rotation from landmarks (MediaPipe: left side
 # Points that move with the skull, not with expressions (forehead, nose bridge and tip, temples, cheekbones):
 # used to remove head motion when measuring jitter.
 RIGID = (10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 127, 356, 234, 454, 116, 345, 117, 346)
+# Lower face for the paste-back mask: the jaw line from the right cheek (323) round the chin to the left cheek (93)
+# (FACE_OVAL's lower arc), closed across the face at the bottom of the nose (cheek 205, below the nose tip 2,
+# cheek 425): the lips, the chin and the jaw, which move with speech, and nothing above the nose tip.
+JAW_OUTLINE = FACE_OVAL[9:28] + (205, 2, 425)

@@ -36,7 +36,7 @@ from . import roi as R
 from .landmarker import FaceLandmarker, Frame, as_frame
 from .smoothing import LandmarkSmoother, SmoothingOptions
 from .speaker import SpeakerChoice, choose
-from .topology import LIPS_OUTER
+from .topology import JAW_OUTLINE, LIPS_OUTER
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,15 @@ class FaceTrack:
     size: tuple[int, int]
     fps: float
     detections: int = 0  # frames on which the detector ran
+    jaw: Optional[torch.Tensor] = None  # [F,K,2] lip and jaw outline (JAW_OUTLINE), NaN where no mesh
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
     def mouth_track(self) -> MouthTrack:
         """The track as the pipeline's :class:`MouthTrack` (mouth centres, valid, face boxes, confidence)."""
-        return MouthTrack(self.mouths.clone(), self.valid.clone(), self.boxes.clone(), self.confidence.clone())
+        jaw = None if self.jaw is None else self.jaw.clone()
+        return MouthTrack(self.mouths.clone(), self.valid.clone(), self.boxes.clone(), self.confidence.clone(), jaw)
 
 
 def iter_chunks(frames: Union[Iterable[Frame], torch.Tensor, np.ndarray], size: int) -> Iterator[list[Frame]]:
@@ -186,6 +188,7 @@ class _Collector:
         self.landmarks: list[torch.Tensor] = []
         self.boxes: list[torch.Tensor] = []
         self.mouths: list[torch.Tensor] = []
+        self.jaw: list[torch.Tensor] = []
         self.conf: list[float] = []
         self.source: list[Optional[str]] = []
         self.size: Optional[tuple[int, int]] = None
@@ -203,10 +206,12 @@ class _Collector:
                 lm = (r.landmarks + torch.tensor([0.5, 0.5, 0.0])) / scale  # MediaPipe pixels -> normalised
                 self.boxes.append(torch.cat([lm[:, :2].amin(0), lm[:, :2].amax(0)]))
                 self.mouths.append(lm[list(LIPS_OUTER), :2].mean(0))
+                self.jaw.append(lm[list(JAW_OUTLINE), :2])
                 self.conf.append(r.presence)
                 self.source.append("mesh")
             else:
                 lm = torch.full((478, 3), float("nan"))
+                self.jaw.append(torch.full((len(JAW_OUTLINE), 2), float("nan")))
                 j = missing.index(i)
                 if located is not None and bool(located.valid[j]):
                     self.boxes.append(located.face_boxes[j].float())
@@ -236,8 +241,9 @@ class _Collector:
             u = uniform_track(n)
             mouths, boxes, source = u.centres, u.face_boxes, ["uniform"] * n
         lms = torch.stack(self.landmarks) if self.keep and any(s == "mesh" for s in self.source) else None
+        jaw = torch.stack(self.jaw) if any(s == "mesh" for s in self.source) else None
         return FaceTrack(lms, boxes.contiguous(), mouths.contiguous(), torch.tensor(self.conf), valid, tuple(source),
-                         self.size, fps, self.detections)
+                         self.size, fps, self.detections, jaw)
 
 
 def face_track(frames: Union[Iterable[Frame], torch.Tensor, np.ndarray], fps: float = 25.0,

@@ -33,6 +33,7 @@ from ..core.memory import MemoryBudget
 from ..sampling.backend import Backend
 from ..core.codec import Codec
 from ..faces import TrackOptions, face_track
+from ..faces.masks import has_outline, jaw_masks
 from .align import (AlignTransforms, aligned_mouths, landmarks_from_track, restore, transforms_for, transforms_slice,
                     warp_crops)
 from .locate import LocateOptions, MouthLocator, MouthTrack, mouth_mask_preview
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 16
 LOCATE_SIZE = 160  # the locator works on frames downscaled to this longest side
 MOUTH_RADIUS = 0.12  # mouth blend disc radius, as a fraction of the crop's shorter side (crop = 1.6x face)
-BLENDS = ("mouth", "box")
+BLENDS = ("mouth", "box", "jaw")
 FINDERS = ("face mesh", "locator")
 
 
@@ -160,7 +161,8 @@ def lipsync_video(video: PathLike, waveform: torch.Tensor, sample_rate: int, out
 
     ``box``: 'auto' (follow the located face), 'x,y,w,h' pixels, or None (the whole frame). ``blend``: 'mouth'
     takes only a soft disc around the located mouth from the result (the rest of the box keeps its full-resolution
-    pixels); 'box' takes the whole box. Pixels outside the box are never touched before encoding. ``codec``: the
+    pixels); 'jaw' the lips, chin and jaw outlined by the face mesh (the disc where the mesh found no face); 'box'
+    takes the whole box. Pixels outside the box are never touched before encoding. ``codec``: the
     backend's own codec unless given (e.g. a VAE). ``out`` must not be ``video`` nor any of ``inputs`` (refused
     first). ``budget``: the memory free for the run (default: measured now for the backend's device); the window
     is shrunk, or the run refused, before the first model call when it would not fit. ``finder``: how faces are
@@ -252,12 +254,19 @@ def lipsync_file(video: Path, audio: Path, out: Path, backend: Backend, options:
 
 def blend_weights(blend: str, crop_track: MouthTrack, start: int, k: int,
                    hw: tuple[int, int]) -> Optional[torch.Tensor]:
-    """[k,h,w] mouth-disc weights of frames start..start+k (made per chunk: [F,h,w] for a long video is large)."""
-    if blend != "mouth":
+    """[k,h,w] paste-back weights of frames start..start+k (made per chunk: [F,h,w] for a long video is large):
+    None for 'box' (the whole crop); the soft mouth disc for 'mouth'; for 'jaw', the lips-and-jaw mask from the
+    face mesh (:mod:`~omnisync_model.faces.masks`) where the mesh found the face, the mouth disc elsewhere."""
+    if blend == "box":
         return None
-    part = MouthTrack(*(t[start:start + k] for t in (crop_track.centres, crop_track.valid, crop_track.face_boxes,
-                                                     crop_track.confidence)))
-    return mouth_mask_preview(part, hw[0], hw[1], MOUTH_RADIUS)
+    part = crop_track.frames(start, start + k)
+    disc = mouth_mask_preview(part, hw[0], hw[1], MOUTH_RADIUS)
+    if blend != "jaw" or part.jaw is None:
+        return disc
+    found = has_outline(part.jaw) & part.valid
+    if bool(found.any()):
+        disc[found] = jaw_masks(part.jaw[found], hw[0], hw[1])
+    return disc
 
 
 def _cropped(video: PathLike, boxes: torch.Tensor, hw: tuple[int, int]) -> Iterator[torch.Tensor]:

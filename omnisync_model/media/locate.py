@@ -53,12 +53,21 @@ _STRENGTH = (0.6, 2.4)  # normalised mouth score mapped to strength 0 .. 1
 
 @dataclass(frozen=True, eq=False)
 class MouthTrack:
-    """Per-frame mouth centres [F,2] (x, y), valid [F] bool, face boxes [F,4] (x0,y0,x1,y1), confidence [F]."""
+    """Per-frame mouth centres [F,2] (x, y), valid [F] bool, face boxes [F,4] (x0,y0,x1,y1), confidence [F], and,
+    from the face mesh, the lip and jaw outline [F,K,2] (NaN rows where the mesh found nothing; None without a
+    mesh) for the ``jaw`` paste-back mask."""
 
     centres: torch.Tensor
     valid: torch.Tensor
     face_boxes: torch.Tensor
     confidence: torch.Tensor
+    jaw: Optional[torch.Tensor] = None
+
+    def frames(self, start: int, end: int) -> "MouthTrack":
+        """Frames start..end of the track."""
+        jaw = None if self.jaw is None else self.jaw[start:end]
+        return MouthTrack(self.centres[start:end], self.valid[start:end], self.face_boxes[start:end],
+                          self.confidence[start:end], jaw)
 
     def __len__(self) -> int:
         return int(self.centres.shape[0])

@@ -210,7 +210,7 @@ def crop_boxes_from_track(track: MouthTrack, frame_hw: tuple[int, int], scale: f
 
 def map_track_to_crop(track: MouthTrack, boxes: torch.Tensor, frame_hw: tuple[int, int]) -> MouthTrack:
     """Express a full-frame track in the coordinates of per-frame crops ``boxes`` [F,4] (x, y, w, h pixels):
-    centres and face boxes normalised to each crop. A mouth that falls outside its crop is marked invalid."""
+    centres, face boxes and the jaw outline normalised to each crop. A mouth that falls outside its crop is marked invalid."""
     height, width = int(frame_hw[0]), int(frame_hw[1])
     b = check_boxes(boxes, len(track), height, width).float()
     origin, size = b[:, :2], b[:, 2:]  # [F,2] pixels
@@ -219,4 +219,5 @@ def map_track_to_crop(track: MouthTrack, boxes: torch.Tensor, frame_hw: tuple[in
     lo = ((track.face_boxes[:, :2].float() * px - origin) / size).clamp(0, 1)
     hi = ((track.face_boxes[:, 2:].float() * px - origin) / size).clamp(0, 1)
     inside = ((centres >= 0) & (centres <= 1)).all(1)
-    return MouthTrack(centres, track.valid & inside, torch.cat([lo, hi], 1), track.confidence.clone())
+    jaw = None if track.jaw is None else (track.jaw.float() * px - origin[:, None]) / size[:, None]  # [F,K,2]
+    return MouthTrack(centres, track.valid & inside, torch.cat([lo, hi], 1), track.confidence.clone(), jaw)
