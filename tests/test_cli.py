@@ -82,8 +82,10 @@ def test_errors_are_one_line(tmp_path, ckpt, argv, message):
     assert not out.exists()
 
 
-def test_auto_box_on_a_talking_face(tmp_path, ckpt):
-    """--box auto locates the face of a synthetic talking clip; only the mouth region may change (blend=mouth)."""
+@pytest.mark.parametrize("blend", ["mouth", "jaw"])
+def test_auto_box_on_a_talking_face(tmp_path, ckpt, blend):
+    """--box auto locates the face of a synthetic talking clip; only the mouth region may change (blend mouth, or
+    the mesh's lips and jaw)."""
     from omnisync_model.training.synthetic import make_talking_clip
     from omnisync_model.media.video_io import read_video
 
@@ -92,7 +94,7 @@ def test_auto_box_on_a_talking_face(tmp_path, ckpt):
     with VideoWriter(video, 25, 128, 128, audio=(wave[None], sr)) as w:
         w.write(clip.frames)
     rc = main(["lipsync", "--video", str(video), "--audio", str(video), "--out", str(out), "--checkpoint", str(ckpt),
-               "--box", "auto", "--steps", "1", "--quiet"])
+               "--box", "auto", "--steps", "1", "--quiet", "--blend", blend])
     assert rc == 0
     src, res = read_video(video).frames, read_video(out).frames
     assert res.shape == src.shape
@@ -100,3 +102,22 @@ def test_auto_box_on_a_talking_face(tmp_path, ckpt):
     far = torch.ones(128, 128, dtype=torch.bool)
     far[max(0, int(y0) - 30):int(y1) + 30, max(0, int(x0) - 30):int(x1) + 30] = False
     assert (res - src).abs()[:, far].mean() < 0.02  # away from the mouth: unchanged up to re-encoding
+
+
+def test_quiet_lipsync_logs_warnings_only(tmp_path, ckpt):
+    """--quiet: no progress bar and no INFO lines, warnings kept, in a fresh process (so logging is configured by the command)."""
+    video = tmp_path / "in.mp4"
+    write_clip(video, n=5, hw=32)
+
+    def run(out, *extra):
+        args = [sys.executable, "-m", "omnisync_model.cli", "lipsync", "--video", str(video), "--audio", str(video),
+                "--out", str(out), "--checkpoint", str(ckpt), "--steps", "1", "--window", "4", "--overlap", "1"]
+        return subprocess.run(args + list(extra), capture_output=True, text=True, timeout=300)
+
+    quiet = run(tmp_path / "quiet.mp4", "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert (tmp_path / "quiet.mp4").exists()
+    assert "INFO" not in quiet.stderr and "steps (" not in quiet.stderr
+    assert "WARNING" in quiet.stderr  # warnings still show (this noise clip has no face: uniform guidance)
+    loud = run(tmp_path / "loud.mp4")
+    assert loud.returncode == 0 and "INFO" in loud.stderr

@@ -83,3 +83,56 @@ def test_ddp_two_processes_keep_identical_parameters(tmp_path):
     assert report["world"] == 2
     assert report["checksums"][0] == report["checksums"][1]
     assert (out / "checkpoint.safetensors").exists()
+
+
+def test_difference_weights_emphasise_where_pairs_differ():
+    """Weights are 1 + k * d / max(d) rescaled to mean 1; identical positions share the lowest weight."""
+    from omnisync_model.training.train import difference_weights
+
+    x0 = torch.zeros(2, 3, 2, 4, 4)
+    src = x0.clone()
+    src[0, :, 1, 2, 3] = 0.5  # one differing position in sample 0
+    src[1, :, 0, 0, 0] = 0.01  # a faint difference in sample 1: same emphasis after normalising
+    src[1, :, 0, 1, 1] = 0.005
+    w = difference_weights(x0, src, k=9.0)
+    assert w.shape == (2, 1, 2, 4, 4)
+    assert torch.allclose(w.flatten(1).mean(dim=1), torch.ones(2))
+    n = 32
+    base0 = n / (n + 9.0)  # raw weights: n - 1 ones and one 10, mean (n + 9) / n
+    assert w[0, 0, 1, 2, 3] == pytest.approx(10 * base0)
+    assert w[0, 0, 0, 0, 0] == pytest.approx(base0)
+    base1 = n / (n + 9.0 + 4.5)
+    assert w[1, 0, 0, 0, 0] == pytest.approx(10 * base1)
+    assert w[1, 0, 0, 1, 1] == pytest.approx(5.5 * base1)
+
+
+def test_mouth_weight_changes_the_loss_only_through_the_weights(tmp_path, clips):
+    """mouth_weight 0 is the plain loss; a positive weight gives the weighted mean of the same squared errors."""
+    from omnisync_model.training.train import FlowLoss, difference_weights, encode_batch
+
+    tc = TrainConfig(**TINY, threshold=0.0)
+    trainer = Trainer(tc, tmp_path)
+    batch = Batches(tc, clips, seed=5).sample()
+    torch.manual_seed(0)
+    plain = FlowLoss(trainer.model, clips, trainer.codec)
+    weighted = FlowLoss(trainer.model, clips, trainer.codec, mouth_weight=20.0)
+    with torch.no_grad():
+        lp, lw = float(plain(batch)), float(weighted(batch))
+    assert lp != pytest.approx(lw, rel=1e-3)
+    x0, src = encode_batch(trainer.codec, batch["target"]), encode_batch(trainer.codec, batch["cond"])
+    w = difference_weights(x0, src, 20.0)
+    assert float(w.max()) > 5.0  # the pseudo-pairs' lips are emphasised
+
+
+def test_init_from_a_checkpoint_and_refuse_another_architecture(tmp_path, clips):
+    tc = TrainConfig(**TINY, steps=2)
+    first, _ = run_training(tc, tmp_path / "a", clips=clips)
+    start = tmp_path / "a" / "checkpoint.safetensors"
+    again = Trainer(TrainConfig(**TINY, steps=2, init=str(start)), tmp_path / "b")
+    ema = load_checkpoint(start)
+    for (name, p), q in zip(again.model.named_parameters(), ema.parameters()):
+        assert torch.equal(p, q), name
+    for p, q in zip(again.ema.parameters(), ema.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="differs from the run's"):
+        Trainer(TrainConfig(**{**TINY, "preset": "small"}, steps=2, init=str(start)), tmp_path / "c")

@@ -36,6 +36,8 @@ TRAIN_HELP = {
     "audio_dropout": "share of samples trained with the null audio (for CFG)",
     "clip_seconds": "length of each synthetic clip", "ema": "decay of the weights' moving average",
     "weight_decay": "AdamW weight decay",
+    "mouth_weight": "extra loss weight where target and condition differ (the lips), relative to the rest; "
+                    "0 = plain flow matching",
 }
 
 
@@ -49,9 +51,11 @@ def _train(sub) -> None:
                    help="what the DiT's output means: the velocity, or a residual on the source")
     for name in ("steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every", "save_every"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=TRAIN_HELP[name])
-    for name in ("lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay"):
+    for name in ("lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay", "mouth_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name), help=TRAIN_HELP[name])
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fresh optimiser; same preset and prediction)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (measured slower on 2 cores)")
     p.set_defaults(func=lazy(".training.train", "_cmd_train"))
 

@@ -38,14 +38,18 @@ def write_json(path: Path, result) -> None:
 
 
 class ProgressBar:
-    """A plain text progress bar on stderr (no dependency), updated at most ~10 times a second."""
+    """A plain text progress bar on stderr (no dependency), updated at most ~10 times a second; without a terminal,
+    a log line every ~10 s instead; ``enabled`` False shows nothing."""
 
     def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+        self.shown, self.enabled = enabled, enabled and sys.stderr.isatty()
+        self.label = label
         self.start = time.monotonic()
         self.last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        if not self.shown:
+            return
         now = time.monotonic()
         if done < total and now - self.last < 0.1:
             return
@@ -251,12 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "LatentSync: Whisper tiny), converted with `omnisync convert`")
     p.add_argument("--box", default=None,
                    help="'auto' (follow the located face), 'x,y,w,h' in pixels, or nothing (the whole frame)")
-    p.add_argument("--blend", choices=("mouth", "box"), default="mouth",
-                   help="take only the mouth from the result, or the whole box (default: mouth)")
+    p.add_argument("--blend", choices=("mouth", "box", "jaw"), default="mouth",
+                   help="take only the mouth from the result, the whole box, or the lips and jaw outlined by the "
+                        "face mesh (default: mouth)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="working size: the box's longer side is resized to this (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto: a GPU if there is one)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no progress log lines (warnings and errors only)")
     add_sampling_args(p)
     p.set_defaults(func=cmd_lipsync)
 
@@ -287,7 +292,8 @@ def _extra_commands() -> list[Callable]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except CliError as exc:

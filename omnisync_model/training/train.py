@@ -5,7 +5,9 @@ the visual condition is a *different* window of the same clip, so its lips belon
 copied. Timestep-dependent pairs: for sigma above ``threshold`` (default 0.85, the paper's 850/1000) the condition
 is a pseudo-pair (same frames and pose, only the mouth differs, rendered from other speech); below it, an arbitrary
 other window of the same clip. Audio is dropped with probability ``audio_dropout`` so that CFG has an
-unconditional branch. AdamW, EMA weights, checkpoint + resume (safetensors only), single process or torchrun/DDP.
+unconditional branch. ``mouth_weight`` > 0 weights the loss by where the target and its condition differ (the lips:
+:func:`difference_weights`; training only, the model stays mask-free); ``init`` fine-tunes from a checkpoint.
+AdamW, EMA weights, checkpoint + resume (safetensors only), single process or torchrun/DDP.
 
 Shape legend: B batch, T frames per window (= latent frames, pixel codec), C latent channels, h, w latent size,
 F clip frames, H, W frame size, K audio tokens per frame, A audio width.
@@ -129,9 +131,10 @@ def batch_audio_tokens(model: OmniSyncModel, clips: list[ClipData], batch: dict,
 class FlowLoss(torch.nn.Module):
     """The whole loss as one module, so DDP sees every parameter (DiT and audio encoder) in one forward."""
 
-    def __init__(self, model: OmniSyncModel, clips: list[ClipData], codec: PixelCodec):
+    def __init__(self, model: OmniSyncModel, clips: list[ClipData], codec: PixelCodec, mouth_weight: float = 0.0):
         super().__init__()
         self.model, self.clips, self.codec = model, clips, codec
+        self.mouth_weight = mouth_weight
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Flow-matching loss. For prediction='source_x0' it is measured on x0 (= sigma^2 * velocity error)."""
@@ -145,7 +148,24 @@ class FlowLoss(torch.nn.Module):
         err = v.float() - velocity_target(x0, noise)
         if self.model.config.prediction == "source_x0":
             err = err * sigma.view(-1, 1, 1, 1, 1)  # [B] -> [B,1,1,1,1]: x0 error
-        return err.pow(2).mean()
+        sq = err.pow(2)
+        if self.mouth_weight > 0.0:
+            sq = sq * difference_weights(x0, src, self.mouth_weight)
+        return sq.mean()
+
+
+def difference_weights(x0: torch.Tensor, src: torch.Tensor, k: float) -> torch.Tensor:
+    """Per-position loss weights [B,1,T,h,w] = 1 + k * d / max(d), d = mean over channels of |x0 - src|.
+
+    Training data only (never at inference, so the model stays mask-free): where the target and its condition
+    differ is where the lips differ, and thin low-contrast lips differ by little, so a plain mean-squared error
+    lets the model copy them from the condition. Normalising by each sample's largest difference gives every
+    style the same emphasis. The weights are rescaled to mean 1 so the loss keeps its scale.
+    """
+    d = (x0 - src).abs().mean(dim=1, keepdim=True)  # [B,C,T,h,w] -> [B,1,T,h,w]
+    peak = d.flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)  # [B] -> [B,1,1,1,1]
+    w = 1.0 + k * d / peak
+    return w / w.flatten(1).mean(dim=1).view(-1, 1, 1, 1, 1)  # mean 1 per sample
 
 
 class Trainer:
@@ -155,6 +175,8 @@ class Trainer:
         torch.manual_seed(tc.seed)
         cfg = get_preset(tc.preset).replace(prediction=tc.prediction, extra={"resolution": tc.size})
         self.model = OmniSyncModel(cfg)
+        if tc.init:
+            self._init_from(Path(tc.init))
         self.ema = OmniSyncModel(cfg).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.codec = PixelCodec(4)
@@ -167,12 +189,22 @@ class Trainer:
         self.batches: Optional[Batches] = None
         self.loss_fn: Optional[torch.nn.Module] = None
 
+    def _init_from(self, path: Path) -> None:
+        """Weights from a checkpoint of the same architecture (fine-tuning); the optimiser starts fresh."""
+        start = load_checkpoint(path)
+        if start.config.replace(extra={}) != self.model.config.replace(extra={}):
+            raise ValueError(f"--init {path}: its config ({start.config.name}, prediction={start.config.prediction}) "
+                             f"differs from the run's ({self.model.config.name}, "
+                             f"prediction={self.model.config.prediction}); pick the matching --preset/--prediction")
+        self.model.load_state_dict({k: v.float() for k, v in start.state_dict().items()})
+        log.info("initialised from %s", path)
+
     def set_data(self, clips: list[ClipData]) -> None:
         self.clips = clips
         self.batches = Batches(self.tc, clips, seed=self.tc.seed * 7919 + self.rank)
         if self._batch_rng is not None:
             self.batches.gen.set_state(self._batch_rng)
-        loss = FlowLoss(self.model, clips, self.codec)
+        loss = FlowLoss(self.model, clips, self.codec, self.tc.mouth_weight)
         self.loss_fn = torch.nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
 
     def lr_at(self, step: int) -> float:
@@ -300,8 +332,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..cli.main import emit
 
     names = ("preset", "prediction", "steps", "batch", "frames", "size", "clips", "warmup", "seed", "log_every",
-             "save_every", "lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay")
-    tc = TrainConfig(bf16=args.bf16, **{n: getattr(args, n) for n in names})
+             "save_every", "lr", "threshold", "audio_dropout", "clip_seconds", "ema", "weight_decay", "mouth_weight")
+    tc = TrainConfig(bf16=args.bf16, init=str(args.init or ""), **{n: getattr(args, n) for n in names})
     trainer, losses = run_training(tc, args.out, resume=args.resume)
     sums = replica_checksums(trainer.model)
     if trainer.rank == 0:

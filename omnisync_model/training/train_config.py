@@ -27,6 +27,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     threshold: float = 0.85
     audio_dropout: float = 0.1
+    mouth_weight: float = 0.0
+    init: str = ""
     ema: float = 0.998
     seed: int = 0
     data_seed: int = 1000
@@ -38,5 +40,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.frames < 2 or self.batch < 1 or self.steps < 1:
             raise ValueError("frames >= 2, batch >= 1 and steps >= 1 are required")
+        if self.mouth_weight < 0.0:
+            raise ValueError(f"mouth_weight must be >= 0, got {self.mouth_weight}")
         if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.audio_dropout < 1.0:
             raise ValueError("threshold must be in [0, 1] and audio_dropout in [0, 1)")
