@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from omnisync_model.cli import perf
+from omnisync_model.cli import perf, perf_common, perf_dit
 from omnisync_model.sampling.guidance import DSCFG
 from omnisync_model.sampling.pipeline import LipSyncOptions, RunStats
 from omnisync_model.sampling.windows import plan_windows
 
-TINY_SIZES = perf.Sizes(repeats=1, overhead_frames=6, overhead_size=16, scaling_frames=4, scaling_size=16,
+TINY_SIZES = perf_common.Sizes(repeats=1, overhead_frames=6, overhead_size=16, scaling_frames=4, scaling_size=16,
                         eval_frames=6, eval_size=16, overlap_frames=20, overlap_size=16, forward_repeats=1,
                         forward_latent=4)
 
@@ -101,7 +101,7 @@ def test_force_uncond_equal_output_and_more_evaluations(model):
 
 
 def test_forward_timer_removes_its_hooks(model):
-    inputs = perf.forward_inputs(model, (1, 48, 2, 4, 4))
+    inputs = perf_dit.forward_inputs(model, (1, 48, 2, 4, 4))
     timer = perf.ForwardTimer(model)
     with torch.no_grad():
         model(*inputs)
@@ -113,20 +113,20 @@ def test_forward_timer_removes_its_hooks(model):
 
 def test_flop_count_includes_attention_exactly(model):
     b, t, hw = 2, 3, 8
-    inputs = perf.forward_inputs(model, (b, 48, t, hw, hw))
+    inputs = perf_dit.forward_inputs(model, (b, 48, t, hw, hw))
     cfg = model.config
     n, d, k = (hw // cfg.patch_size) ** 2, cfg.dim, cfg.audio_tokens
-    with torch.no_grad(), perf.FlopCounterMode(display=False) as plain:
+    with torch.no_grad(), perf_dit.FlopCounterMode(display=False) as plain:
         model(*inputs)
     attention = cfg.depth * 4 * d * (b * t * n * n + b * n * t * t + b * t * n * k)  # spatial, temporal, audio
-    assert perf.count_flops(model, inputs) - plain.get_total_flops() == attention
+    assert perf_dit.count_flops(model, inputs) - plain.get_total_flops() == attention
 
 
 def test_peak_flops_table():
-    assert perf.peak_flops("NVIDIA H200") == 989e12
-    assert perf.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert perf.peak_flops("NVIDIA H100 PCIe") is None
-    assert perf.peak_flops("NVIDIA A100-SXM4-80GB") is None
+    assert perf_dit.peak_flops("NVIDIA H200") == 989e12
+    assert perf_dit.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert perf_dit.peak_flops("NVIDIA H100 PCIe") is None
+    assert perf_dit.peak_flops("NVIDIA A100-SXM4-80GB") is None
 
 
 def test_interleaved_order():
@@ -136,7 +136,7 @@ def test_interleaved_order():
 
 
 def test_streamed_frames_are_the_generated_frames():
-    whole = perf.synthetic_frames(19, 8)
+    whole = perf_common.synthetic_frames(19, 8)
     chunks = list(perf.frame_chunks(19, 8))
     assert [c.shape[0] for c in chunks] == [8, 8, 3]
     assert torch.equal(torch.cat(chunks), whole) and 0 <= whole.min() and whole.max() <= 1

@@ -19,8 +19,6 @@ interleaved (A, B, A, B, ...) and their medians compared; a slow spell then slow
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import json
 import logging
 import math
@@ -30,215 +28,27 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..core.codec import PixelCodec
 from ..families.omnisync.config import get_preset
-from ..sampling.flow import evaluation_sigmas, sigma_schedule
-from ..sampling.guidance import DSCFG, temporal_weight
-from ..families.omnisync.model import OmniSyncModel, count_parameters
+from ..sampling.guidance import DSCFG
 from ..backends.omnisync import OmniSyncBackend
-from ..sampling.pipeline import AudioInput, LipSyncOptions, RunStats, iter_lipsync, lipsync, plan_for_codec
+from ..sampling.pipeline import AudioInput, LipSyncOptions, RunStats, iter_lipsync, lipsync
 from ..media.streams import SequentialFrames
 
+from .perf_common import (EQUAL_OUTPUT_ATOL, FPS, ForwardTimer, LATENTSYNC_EVALS, PIXEL_PRESETS, PREVIOUS_DEFAULT,
+                          PerfSettings, TARGETS, build_model, evaluation_points, expected_frame_evaluations, figure,
+                          frame_chunks, frames_processed, interleaved, lipsync_inputs, median, run_lipsync,
+                          steps_needing_uncond, synchronize, synthetic_speech, timed, window_frame_evaluations,
+                          windows_for)
+from .perf_dit import measure_choices, measure_compile, measure_throughput
+
 log = logging.getLogger(__name__)
-
-FPS = 25.0
-SAMPLE_RATE = 16000
-CHUNK = 8  # frames per chunk of the streamed source
-LATENTSYNC_EVALS = 40  # LatentSync default: 20 steps x 2 (CFG) model evaluations per frame
-EQUAL_OUTPUT_ATOL = 1e-5
-PIXEL_PRESETS = ("tiny", "small")  # presets built for the pixel codec (48 latent channels): run end to end
-# dense bf16 peak FLOP/s by device name (H100 SXM reports as "NVIDIA H100 80GB HBM3")
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12}
-TARGETS = {"overhead": 1.10, "length_time": 4.2, "length_memory": 1.15, "evals_per_frame": 13.0,
-           "overlap": 0.15, "mfu_base": 0.40}
-PREVIOUS_DEFAULT = LipSyncOptions(steps=20, solver="euler", shift=1.0)  # the sampler before issue 15, for comparison
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How big each measurement is; ``QUICK`` keeps ``omnisync perf --quick`` to a few minutes on 2 cores."""
-
-    repeats: int  # interleaved repeats of every timed pair
-    overhead_frames: int  # 48 frames = 4 windows of 16 at overlap 2
-    overhead_size: int
-    scaling_frames: int  # 1x; 2 + 14 k frames fill k windows exactly (the 4x run then has one shifted tail window)
-    scaling_size: int
-    eval_frames: int
-    eval_size: int
-    overlap_frames: int  # 128 = 8 windows at overlap 0 and 9 at overlap 2, both without a shifted tail window
-    overlap_size: int
-    forward_repeats: int
-    forward_latent: int = 16  # CPU forward shape for the pixel presets: [2, 48, n, n, n] (16 frames of 64x64)
-
-
-QUICK = Sizes(repeats=3, overhead_frames=48, overhead_size=64, scaling_frames=100, scaling_size=32, eval_frames=44,
-              eval_size=32, overlap_frames=128, overlap_size=32, forward_repeats=5)
-FULL = Sizes(repeats=3, overhead_frames=96, overhead_size=64, scaling_frames=114, scaling_size=64, eval_frames=100,
-             eval_size=64, overlap_frames=128, overlap_size=64, forward_repeats=7)
-
-
-@dataclass(frozen=True)
-class PerfSettings:
-    quick: bool = True
-    device: str = "cpu"
-    presets: tuple = ("tiny", "small")
-    compile: bool = False
-    size_override: Optional[Sizes] = None  # tests use tiny inputs
-
-    @property
-    def sizes(self) -> Sizes:
-        if self.size_override is not None:
-            return self.size_override
-        return QUICK if self.quick else FULL
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.device == "cuda" else torch.float32
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-
-
-def figure(value, target, unit: str, ok: bool, better: str, **details) -> dict:
-    """One JSON figure; ``better`` says which way the target goes ("lower" / "higher" / "info")."""
-    return {"value": value, "target": target, "unit": unit, "ok": bool(ok), "better": better, "details": details}
-
-
-def synchronize(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Run each zero-argument timing function once per round (A, B, A, B, ...); returns name -> results."""
-    out = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            out[name].append(fn())
-    return out
-
-
-def timed(fn: Callable[[], object], device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
-class ForwardTimer:
-    """Times every OmniSyncModel forward with pre / post hooks (synchronising CUDA) and counts evaluations.
-
-    ``frame_evals``: one sample through the DiT counts as one evaluation of each video frame of its window
-    (a latent of T frames covers 1 + (T - 1) * temporal_factor video frames).
-    """
-
-    def __init__(self, model: torch.nn.Module, temporal_factor: int = 1):
-        self.device, self.tf = model.device, temporal_factor
-        self.seconds, self.calls, self.frame_evals, self._t0 = 0.0, 0, 0, 0.0
-        self._handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         model.register_forward_hook(self._post, with_kwargs=True)]
-
-    def _pre(self, module, args, kwargs) -> None:
-        synchronize(self.device)
-        self._t0 = time.perf_counter()
-
-    def _post(self, module, args, kwargs, output) -> None:
-        synchronize(self.device)
-        self.seconds += time.perf_counter() - self._t0
-        x = args[0] if args else kwargs["x"]
-        self.calls += 1
-        self.frame_evals += x.shape[0] * (1 + (x.shape[2] - 1) * self.tf)
-
-    def reset(self) -> None:
-        self.seconds, self.calls, self.frame_evals = 0.0, 0, 0
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def __enter__(self) -> "ForwardTimer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ------------------------------------------------------------------------------------------- inputs, models
-
-
-def frame_chunks(n: int, size: int, chunk: int = CHUNK, seed: int = 0) -> Iterator[torch.Tensor]:
-    """Synthetic frames [<=chunk, size, size, 3] in 0..1, generated chunk by chunk (a moving gradient + noise)."""
-    ramp = torch.linspace(0.0, 1.0, size)
-    base = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size),
-                        torch.full((size, size), 0.5)], dim=-1)  # [size,size,3]
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        shift = (torch.arange(start, start + m, dtype=torch.float32) * 0.01)[:, None, None, None]  # [m,1,1,1]
-        yield ((base[None] + shift) % 1.0 * 0.9 + 0.1 * torch.rand(m, size, size, 3, generator=gen)).clamp(0, 1)
-
-
-def synthetic_frames(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.cat(list(frame_chunks(n, size, CHUNK, seed)), dim=0)  # [n,size,size,3]
-
-
-def synthetic_speech(seconds: float, seed: int = 0) -> torch.Tensor:
-    """Speech-like mono audio [N] at 16 kHz: a 140 Hz harmonic voice gated into 4 Hz syllables, plus noise."""
-    n = max(1, int(round(seconds * SAMPLE_RATE)))
-    t = torch.arange(n, dtype=torch.float64) / SAMPLE_RATE
-    voice = sum(torch.sin(2 * math.pi * 140.0 * k * t) / k for k in range(1, 6))
-    syllables = torch.sin(2 * math.pi * 4.0 * t).clamp(min=0.0) ** 2
-    gen = torch.Generator().manual_seed(seed)
-    noise = 0.01 * torch.randn(n, generator=gen, dtype=torch.float64)
-    return (0.2 * voice * syllables + noise).float()
-
-
-def build_model(preset: str, device="cpu", dtype=torch.float32, seed: int = 0) -> OmniSyncModel:
-    """A randomly initialised model in eval mode; the zero-initialised gates and output layer get small random
-    values (as after training), so the output depends on every input and on both guidance branches."""
-    torch.manual_seed(seed)
-    model = OmniSyncModel(get_preset(preset), device=device, dtype=dtype).eval().requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 1 and not bool(p.any()):
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen).to(p.dtype))
-    return model
-
-
-@functools.lru_cache(maxsize=4)
-def lipsync_inputs(n: int, size: int) -> tuple[torch.Tensor, AudioInput]:
-    """The synthetic frames and speech for ``n`` frames (made once: call it before timing, runs then reuse it)."""
-    return synthetic_frames(n, size), AudioInput(synthetic_speech(n / FPS))
-
-
-def run_lipsync(model, n: int, size: int, options: LipSyncOptions = LipSyncOptions(), stats=None) -> torch.Tensor:
-    frames, audio = lipsync_inputs(n, size)
-    return lipsync(frames, FPS, audio, OmniSyncBackend(model), PixelCodec(4), options, stats=stats)
-
-
-def windows_for(n: int, options: LipSyncOptions):
-    return plan_for_codec(n, options, PixelCodec(4).temporal_factor)
-
-
-def frames_processed(n: int, options: LipSyncOptions) -> int:
-    """Window frames the model sees for ``n`` video frames (overlapping frames count once per window)."""
-    return sum(w.length for w in windows_for(n, options))
-
 
 # ----------------------------------------------------------------------------------------- pipeline overhead
 
@@ -359,34 +169,6 @@ def measure_length_scaling(settings: PerfSettings) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------------------------- evaluations
 
 
-def evaluation_points(options: LipSyncOptions, start: Optional[float] = None,
-                      steps: Optional[int] = None) -> list:
-    """Sigmas at which the solver evaluates the model over the schedule (Euler: one per step)."""
-    s0 = options.tau if start is None else start
-    sigmas = sigma_schedule(options.steps if steps is None else steps, start=s0, shift=options.shift)
-    return evaluation_sigmas(options.solver, sigmas)
-
-
-def steps_needing_uncond(options: LipSyncOptions, gmap_max: float = 1.0, start: Optional[float] = None,
-                         steps: Optional[int] = None) -> int:
-    """Evaluations (for Euler and the multistep solvers: steps) whose DS-CFG weight exceeds 1 somewhere, from the
-    schedule alone: w_peak (s / s0)^gamma max(g) > 1."""
-    s0 = options.tau if start is None else start
-    return sum(temporal_weight(float(s), s0, options.guidance) * gmap_max > 1.0
-               for s in evaluation_points(options, s0, steps))
-
-
-def window_frame_evaluations(options: LipSyncOptions, gmap_max: float = 1.0) -> int:
-    """DiT evaluations per frame of a window: every evaluation point, plus the unconditional branch where needed."""
-    n = len(evaluation_points(options))
-    return n + (n if options.guidance.force_uncond else steps_needing_uncond(options, gmap_max))
-
-
-def expected_frame_evaluations(n_frames: int, options: LipSyncOptions, gmap_max: float = 1.0) -> int:
-    """Independent count of frame-evaluations for a run (pixel codec): window frames x evaluations per frame."""
-    return frames_processed(n_frames, options) * window_frame_evaluations(options, gmap_max)
-
-
 def evaluation_counts(options: LipSyncOptions) -> dict:
     """Per frame of a window: ours, always both branches, and the full 1 -> 0 schedule at the same step size."""
     both = steps_needing_uncond(options)
@@ -467,196 +249,6 @@ def measure_overlap(settings: PerfSettings) -> dict:
                   frames_processed=frames_done, window=opts.window, overlap=opts.overlap,
                   long_video_limit=asymptotic,
                   mean_over_lengths_64_to_1024=mean_overlap_overhead(opts, range(64, 1025)))
-
-
-# ------------------------------------------------------------------------------------------- DiT throughput
-
-
-def forward_shape(preset: str, device: str, n: int = 16) -> tuple:
-    """Latent [B,C,T,h,w] for one forward: B = 2 (both guidance branches, batched), a 16-frame window.
-
-    CPU: 64x64 frames through the pixel codec (n = 16: 16x16 latent); base (~1B params) one small 4x16x16 latent.
-    CUDA: 512x512 frames (pixel codec: 128x128 latent; base: Wan 2.1 VAE, 8x spatial / 4x temporal, 13 frames).
-    """
-    cfg = get_preset(preset)
-    if device == "cuda":
-        return (2, cfg.in_channels, 16, 128, 128) if preset in PIXEL_PRESETS else (2, cfg.in_channels, 4, 64, 64)
-    return (2, cfg.in_channels, n, n, n) if preset in PIXEL_PRESETS else (1, cfg.in_channels, 4, 16, 16)
-
-
-def forward_inputs(model: OmniSyncModel, shape: tuple, seed: int = 0) -> tuple:
-    cfg, dev = model.config, model.device
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen).to(dev)
-    source = torch.randn(shape, generator=gen).to(dev)
-    audio = torch.randn(shape[0], shape[2], cfg.audio_tokens, cfg.audio_dim, generator=gen).to(dev)
-    return x, source, torch.full((shape[0],), 0.5, device=dev), audio
-
-
-def cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def count_flops(model: torch.nn.Module, inputs: tuple) -> int:
-    """FLOPs of one forward (matmuls and SDPA; the CPU SDPA kernel is not in torch's table, so it is added)."""
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(*inputs)
-    return int(counter.get_total_flops())
-
-
-def sdpa_context(device: str):
-    """Flash attention only on CUDA; the default backend choice on CPU."""
-    if device != "cuda":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
-
-
-def time_forward(model, inputs, device: str, repeats: int, attention=None) -> list:
-    def once():
-        with torch.no_grad(), (attention() if attention else nullcontext()):
-            model(*inputs)
-
-    once()  # warm-up
-    return [timed(once, device) for _ in range(repeats)]
-
-
-def peak_flops(device_name: str) -> Optional[float]:
-    for key, peak in PEAK_BF16_FLOPS.items():
-        if key in device_name and "PCIe" not in device_name and "NVL" not in device_name:
-            return peak
-    return None
-
-
-def measure_throughput(preset: str, settings: PerfSettings) -> dict:
-    device = settings.device
-    model = build_model(preset, device, settings.dtype)
-    shape = forward_shape(preset, device, settings.sizes.forward_latent)
-    inputs = forward_inputs(model, shape)
-    flops = count_flops(model, inputs)
-    repeats = settings.sizes.forward_repeats if preset in PIXEL_PRESETS or device == "cuda" else 3  # base: ~5 s each
-    note = "flash SDPA" if device == "cuda" else "default SDPA backend"
-    try:
-        times = time_forward(model, inputs, device, repeats, lambda: sdpa_context(device))
-    except RuntimeError as exc:  # e.g. a head width flash attention does not take
-        note = f"flash SDPA unavailable ({str(exc).splitlines()[0][:120]}); default backend"
-        times = time_forward(model, inputs, device, repeats)
-    sec = median(times)
-    p = model.config.patch_size
-    tokens = shape[0] * shape[2] * (shape[3] // p) * (shape[4] // p)
-    details = dict(shape=list(shape), tokens=tokens, seconds=sec, flops_per_forward=flops, flop_per_s=flops / sec,
-                   params=count_parameters(model.dit), dtype=str(settings.dtype).replace("torch.", ""),
-                   attention=note, threads=torch.get_num_threads())
-    if device != "cuda":
-        return figure(tokens / sec, None, "tokens/s", True, "info", **details)
-    return _cuda_throughput_figure(preset, model, tokens / sec, details, settings)
-
-
-def _cuda_throughput_figure(preset, model, tokens_per_s, details, settings) -> dict:
-    name = torch.cuda.get_device_name()
-    peak = peak_flops(name)
-    mfu = details["flop_per_s"] / peak if peak else None
-    details.update(device_name=name, peak_flop_per_s=peak, mfu=mfu, tokens_per_s=tokens_per_s)
-    if preset in PIXEL_PRESETS:
-        n = settings.sizes.eval_frames
-        run_lipsync(model, 16, 512)
-        lipsync_inputs(n, 512)  # inputs made outside the timed run
-        details["frames_per_s_512"] = n / timed(lambda: run_lipsync(model, n, 512), "cuda")
-    else:
-        details["dit_frames_per_s_512_wan_latent"] = _base_frames_per_s(model)
-    target = TARGETS["mfu_base"] if preset == "base" else None
-    ok = mfu is not None and mfu >= target if target is not None else True
-    return figure(mfu, target, "MFU", ok, "higher" if target else "info", **details)
-
-
-def _base_frames_per_s(model) -> float:
-    """DiT-only frames/s at 512x512 with a Wan VAE latent (window 13 frames = 4 latents, overlap 2)."""
-    shape1 = (1,) + forward_shape("base", "cuda")[1:]
-    t2 = median(time_forward(model, forward_inputs(model, (2,) + shape1[1:]), "cuda", 3, lambda: sdpa_context("cuda")))
-    t1 = median(time_forward(model, forward_inputs(model, shape1), "cuda", 3, lambda: sdpa_context("cuda")))
-    opts = LipSyncOptions()
-    guided = steps_needing_uncond(opts)
-    per_window = guided * t2 + (len(evaluation_points(opts)) - guided) * t1
-    return (13 - opts.overlap) / per_window
-
-
-# ------------------------------------------------------------------------------------ compile and choices
-
-
-def _choice_preset(settings: PerfSettings) -> str:
-    return "small" if "small" in settings.presets else settings.presets[0]
-
-
-def measure_compile(settings: PerfSettings) -> dict:
-    preset = _choice_preset(settings)
-    if not settings.compile:
-        return figure(None, None, "x", True, "info", skipped="pass --compile to measure torch.compile")
-    device = settings.device
-    model = build_model(preset, device, settings.dtype)
-    shape = forward_shape(preset, device, settings.sizes.forward_latent)
-    inputs = forward_inputs(model, shape)
-    compiled = torch.compile(model.dit)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        compiled(*inputs)
-        synchronize(device)
-        compile_s = time.perf_counter() - t0
-        diff = float((compiled(*inputs).float() - model.dit(*inputs).float()).abs().max())
-
-    def forward(m):
-        with torch.no_grad():
-            m(*inputs)
-
-    times = interleaved({"eager": lambda: timed(lambda: forward(model.dit), device),
-                         "compiled": lambda: timed(lambda: forward(compiled), device)}, settings.sizes.forward_repeats)
-    speedup = median(times["eager"]) / median(times["compiled"])
-    return figure(speedup, None, "x", True, "info", preset=preset, shape=list(shape), compile_s=compile_s,
-                  eager_s=median(times["eager"]), compiled_s=median(times["compiled"]), max_abs_diff=diff)
-
-
-def choice_variants(model: OmniSyncModel, inputs: tuple, device: str) -> dict:
-    """name -> (forward function, what it is); the first is the baseline."""
-    x, source, sigma, audio = inputs
-    lowp = copy.deepcopy(model).to(torch.bfloat16)
-    strided = tuple(t.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3) for t in (x, source))  # codec-like
-
-    def call(m, *args, mode=torch.no_grad, autocast=False):
-        with mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            return m(*args)
-
-    return {
-        "baseline": (lambda: call(model, x, source, sigma, audio), f"{model.dtype} weights, contiguous, no_grad"),
-        "bf16_autocast": (lambda: call(model, x, source, sigma, audio, autocast=True), "bf16 autocast"),
-        "bf16_weights": (lambda: call(lowp, x, source, sigma, audio), "bf16 weights"),
-        "inference_mode": (lambda: call(model, x, source, sigma, audio, mode=torch.inference_mode), "inference_mode"),
-        "channels_last_input": (lambda: call(model, *strided, sigma, audio), "channel-last strided latents (codec)"),
-    }
-
-
-def measure_choices(settings: PerfSettings) -> dict:
-    """Speed of each choice relative to the baseline forward (> 1: faster), and its output difference."""
-    preset, device = _choice_preset(settings), settings.device
-    model = build_model(preset, device, settings.dtype)
-    shape = forward_shape(preset, device, settings.sizes.forward_latent)
-    variants = choice_variants(model, forward_inputs(model, shape), device)
-    with warnings.catch_warnings():  # autocast feeds bf16 into fp32-weight RMSNorm: torch warns it is unfused
-        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        ref = variants["baseline"][0]().float()
-        diffs = {k: float((fn().float() - ref).abs().max()) for k, (fn, _) in variants.items()}  # also warms up
-        times = interleaved({k: (lambda fn=fn: timed(fn, device)) for k, (fn, _) in variants.items()},
-                            settings.sizes.forward_repeats)
-    base = median(times["baseline"])
-    out = {}
-    for name, (_, what) in variants.items():
-        if name == "baseline":
-            continue
-        speed = base / median(times[name])
-        out[f"choice_{name}"] = figure(speed, None, "x", True, "info", what=what, preset=preset, shape=list(shape),
-                                       seconds=median(times[name]), baseline_seconds=base,
-                                       max_abs_diff=diffs[name], output_scale=float(ref.abs().max()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- driver
