@@ -49,10 +49,8 @@ def jaw_masks(outlines: torch.Tensor, height: int, width: int, feather: float = 
     (the caller falls back to another mask there)."""
     out = torch.zeros(outlines.shape[0], height, width)
     scale = torch.tensor([width, height], dtype=torch.float32)
-    for i in range(outlines.shape[0]):
+    for i in torch.nonzero(has_outline(outlines), as_tuple=True)[0].tolist():
         pts = outlines[i].float() * scale  # [K,2] pixels
-        if not bool(torch.isfinite(pts).all()):
-            continue
         hard = polygon_mask(pts, height, width)
         radius = int(round(feather * float(pts[:, 1].max() - pts[:, 1].min()) / 2))
         out[i] = _box_blur(_box_blur(hard, radius // 2), radius - radius // 2)  # two boxes: a smooth ramp

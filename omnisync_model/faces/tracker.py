@@ -240,8 +240,9 @@ class _Collector:
             log.warning("no face found in any of %d frames: frame centre and uniform guidance", n)
             u = uniform_track(n)
             mouths, boxes, source = u.centres, u.face_boxes, ["uniform"] * n
-        lms = torch.stack(self.landmarks) if self.keep and any(s == "mesh" for s in self.source) else None
-        jaw = torch.stack(self.jaw) if any(s == "mesh" for s in self.source) else None
+        meshed = "mesh" in self.source
+        lms = torch.stack(self.landmarks) if self.keep and meshed else None
+        jaw = torch.stack(self.jaw) if meshed else None
         return FaceTrack(lms, boxes.contiguous(), mouths.contiguous(), torch.tensor(self.conf), valid, tuple(source),
                          self.size, fps, self.detections, jaw)
 

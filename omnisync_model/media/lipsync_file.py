@@ -19,6 +19,7 @@ Shape legend
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -260,13 +261,13 @@ def blend_weights(blend: str, crop_track: MouthTrack, start: int, k: int,
     if blend == "box":
         return None
     part = crop_track.frames(start, start + k)
-    disc = mouth_mask_preview(part, hw[0], hw[1], MOUTH_RADIUS)
     if blend != "jaw" or part.jaw is None:
-        return disc
+        return mouth_mask_preview(part, hw[0], hw[1], MOUTH_RADIUS)
     found = has_outline(part.jaw) & part.valid
-    if bool(found.any()):
-        disc[found] = jaw_masks(part.jaw[found], hw[0], hw[1])
-    return disc
+    weights = mouth_mask_preview(dataclasses.replace(part, valid=part.valid & ~found), hw[0], hw[1], MOUTH_RADIUS)
+    if bool(found.any()):  # the disc only where there is no outline (zeros elsewhere), the jaw mask there
+        weights[found] = jaw_masks(part.jaw[found], hw[0], hw[1])
+    return weights
 
 
 def _cropped(video: PathLike, boxes: torch.Tensor, hw: tuple[int, int]) -> Iterator[torch.Tensor]:
