@@ -198,6 +198,11 @@ def test_region_crop_matches_kernel_semantics():
     assert torch.allclose(got, _crop_reference(feat[0], m[0], 6), atol=1e-5)
     pts = torch.tensor([[[1.0, 2.0]]])
     assert torch.allclose(map_landmarks(pts, m), (m[0, :, :2] @ pts[0, 0] + m[0, :, 2])[None, None])
+    shifted = m + torch.tensor([[[0.1, 0.0, -4.0], [0.0, -0.2, 1.0]]])
+    stacked = crop_features(feat, torch.stack([m, shifted], 1), (6, 6))  # [1,2,2,3] -> [1,C,2,6,6] in one call
+    assert stacked.shape == (1, 4, 2, 6, 6)
+    assert torch.equal(stacked[:, :, 0], crop_features(feat, m, (6, 6)))
+    assert torch.equal(stacked[:, :, 1], crop_features(feat, shifted, (6, 6)))
 
 
 def test_region_matrix_geometry():
@@ -262,6 +267,10 @@ def test_sampling_reads_strided_frames_in_place_and_equals_the_plain_form(border
             fast = R.sample(view, m, 24, border)
             assert torch.equal(fast, R.sample(view.contiguous(), m, 24, border)), name
             assert torch.allclose(fast, _reference_sample(view, m, 24, border), atol=1e-4), name
+    wide = torch.randint(0, 256, (30, 70, 3), generator=g, dtype=torch.uint8)
+    for roi in ([[35.0, 15.0, 40.0, 40.0, 0.3]], [[2.0, 28.0, 200.0, 90.0, 1.1]], [[-50.0, 10.0, 30.0, 30.0, 0.0]]):
+        m = R.roi_matrix(torch.tensor(roi), 24)[0]  # the pair gather (replicate, adjacent pixels) is exact
+        assert torch.equal(R.sample(wide, m, 24, border), _reference_sample(wide, m, 24, border))
     arr = padded.numpy()[:, :50, :3]  # a numpy view with padded rows is read without a copy
     t, _ = as_frame(arr)
     assert t.data_ptr() == padded.data_ptr() and not t.is_contiguous()

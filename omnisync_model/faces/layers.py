@@ -34,8 +34,8 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 def max_pool2(x: torch.Tensor) -> torch.Tensor:
     """2x2 max pooling, stride 2 (even sizes): the max of four strided views, much faster than ``max_pool2d`` on
     small NCHW maps."""
-    if x.shape[-1] % 2 or x.shape[-2] % 2:
-        return F.max_pool2d(x, 2)
+    if x.shape[-1] % 2 or x.shape[-2] % 2 or torch.jit.is_tracing():
+        return F.max_pool2d(x, kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
     return torch.maximum(torch.maximum(x[..., ::2, ::2], x[..., 1::2, ::2]),
                          torch.maximum(x[..., ::2, 1::2], x[..., 1::2, 1::2]))
 
@@ -101,11 +101,18 @@ class BlazeBlock(nn.Module):
         h = self.pw(self.dw(x))
         skip = max_pool2(x) if self.stride == 2 else x
         if self.cout > self.cin:
-            b, _, hh, ww = skip.shape
-            skip = skip.reshape(b, self.groups, self.cin, hh, ww)  # [B,G*Ci,H,W] -> [B,G,Ci,H,W]
-            skip = F.pad(skip, (0, 0, 0, 0, 0, self.cout - self.cin))  # zero channels appended per group
-            skip = skip.reshape(b, self.groups * self.cout, hh, ww)  # [B,G,Co,H,W] -> [B,G*Co,H,W]
+            skip = self._widen(skip)
         return self.act(h + skip)
+
+    def _widen(self, skip: torch.Tensor) -> torch.Tensor:
+        """Zero channels appended per group: [B,G*Ci,H,W] -> [B,G*Co,H,W]."""
+        if torch.jit.is_tracing():  # as a 1x1 convolution by [I; 0]: oneDNN Graph fuses it with the sum (no pad op)
+            eye = torch.eye(self.cout, self.cin, device=skip.device, dtype=skip.dtype)  # [Co,Ci]
+            weight = eye.repeat(self.groups, 1)[:, :, None, None]  # [G*Co,Ci,1,1]
+            return F.conv2d(skip, weight, groups=self.groups)
+        skip = skip.unflatten(1, (self.groups, self.cin))  # [B,G*Ci,H,W] -> [B,G,Ci,H,W]
+        skip = F.pad(skip, (0, 0, 0, 0, 0, self.cout - self.cin))  # [B,G,Co,H,W]
+        return skip.flatten(1, 2)  # [B,G,Co,H,W] -> [B,G*Co,H,W]
 
 
 def block_stack(spec: tuple[tuple[int, int, int], ...], activation: str, device=None, dtype=None,

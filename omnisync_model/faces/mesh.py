@@ -133,9 +133,8 @@ class _Regions(nn.Module):
         mats = torch.stack([region_matrix(coarse, torch.tensor(r.subset, device=coarse.device), r.left, r.right, size,
                                           (c.crop_scale, c.crop_scale)) for r in c.regions], 1)  # [B,R,2,3]
         nr = mats.shape[1]
-        flat = mats.transpose(0, 1).reshape(nr * b, 2, 3)  # [B,R,2,3] -> [R,B,2,3] -> [R*B,2,3]
-        crops = crop_features(features.repeat(nr, 1, 1, 1), flat, size)  # [R*B,C,o,o]
-        crops = crops.view(nr, b, ch, *size).transpose(0, 1).reshape(b, nr * ch, *size)  # [R*B,C,o,o] -> [B,R*C,o,o]
+        crops = crop_features(features, mats, size)  # [B,C,R,o,o]
+        crops = crops.transpose(1, 2).reshape(b, nr * ch, *size)  # [B,C,R,o,o] -> [B,R,C,o,o] -> [B,R*C,o,o]
         t = self.trunk(crops)  # [B,R*128,4,4]
         t = t.view(b, nr, -1, *t.shape[2:])  # [B,R,128,4,4]
         x = t[:, self._source].flatten(1, 2)  # each head's trunk: [B,H,128,4,4] -> [B,H*128,4,4]

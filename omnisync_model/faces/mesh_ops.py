@@ -49,19 +49,22 @@ def region_matrix(landmarks: torch.Tensor, subset: torch.Tensor, left: int, righ
 
 
 def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """[B,C,H,W] sampled through ``matrix`` [B,2,3] (crop pixel -> feature pixel) -> [B,C,o,o]."""
+    """[B,C,H,W] sampled through ``matrix`` [B,2,3] (crop pixel -> feature pixel) -> [B,C,o,o]; with R matrices per
+    map, [B,R,2,3] -> [B,C,R,o,o] (one sampling call: the R crops are stacked along the height)."""
     b, _, h, w = features.shape
     oh, ow = out_hw
+    m = matrix.float().reshape(b, -1, 2, 3)  # [B,R,2,3] (R = 1 for a [B,2,3] matrix)
+    r = m.shape[1]
     ys, xs = torch.meshgrid(torch.arange(oh, device=features.device, dtype=torch.float32) + 0.5,
                             torch.arange(ow, device=features.device, dtype=torch.float32) + 0.5, indexing="ij")
-    grid = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, -1, 3)  # (u + 0.5, v + 0.5, 1): [1,o*o,3]
-    pos = grid @ matrix.float().transpose(1, 2) - 0.5  # feature pixel coordinates: [B,o*o,2]
-    inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= w - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= h - 1))  # [B,o*o]
+    grid = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, 1, -1, 3)  # (u + 0.5, v + 0.5, 1): [1,1,o*o,3]
+    pos = grid @ m.transpose(2, 3) - 0.5  # feature pixel coordinates: [B,R,o*o,2]
+    inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= w - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= h - 1))  # [B,R,o*o]
     norm = pos / torch.tensor([max(w - 1, 1), max(h - 1, 1)], device=pos.device) * 2 - 1  # align_corners=True scale
-    grid = norm.view(b, oh, ow, 2).to(features.dtype)  # [B,o*o,2] -> [B,o,o,2]
-    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=True)  # [B,C,o,o]
-    return out * inside.view(b, 1, oh, ow).to(out.dtype)  # [B,o*o] -> [B,1,o,o]
+    grid = norm.view(b, r * oh, ow, 2).to(features.dtype)  # [B,R,o*o,2] -> [B,R*o,o,2]
+    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # [B,C,R*o,o]
+    out = out.view(b, -1, r, oh, ow) * inside.view(b, 1, r, oh, ow).to(out.dtype)  # [B,C,R*o,o] -> [B,C,R,o,o]
+    return out if matrix.dim() == 4 else out[:, :, 0]  # [B,C,o,o] for one matrix per map
 
 
 def map_landmarks(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

@@ -61,28 +61,58 @@ def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> to
     As OpenCV's 8-bit warp, sample positions are rounded to 1/32 pixel (its interpolation table), which makes the
     weights exact. Only the sampled pixels are read (no full-frame float copy)."""
     hgt, wid, ch = image.shape
-    dev = image.device
-    g = torch.arange(n, device=dev, dtype=torch.float64)
-    m = torch.nan_to_num(matrix.to(dev, torch.float64), nan=0.0, posinf=0.0, neginf=0.0)  # NaN ROIs: border
-    lim = 2.0 ** 40
-    x = (m[0, 0] * g)[None, :] + (m[0, 1] * g + m[0, 2])[:, None]  # [n,n] frame x of each tensor pixel (u, v)
-    y = (m[1, 0] * g)[None, :] + (m[1, 1] * g + m[1, 2])[:, None]
-    qx = (x * TAB).round_().clamp_(-lim, lim).long().view(-1)  # [n,n] -> [n*n], in 1/32 pixels
-    qy = (y * TAB).round_().clamp_(-lim, lim).long().view(-1)
-    x0, y0 = qx >> TAB_BITS, qy >> TAB_BITS  # floor division by 32 (arithmetic shift), [n*n]
-    fx, fy = (qx & (TAB - 1)).float().div_(TAB), (qy & (TAB - 1)).float().div_(TAB)  # fractions, exact
-    gx, gy = 1 - fx, 1 - fy
-    w = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy])  # weights of the 4 neighbours: [4,n*n]
+    qx, qy = _positions(matrix, n, image.device)
     table, row_step = pixel_table(image)  # pixel (y, x) is table[y * row_step + x]
+    y0, fy = qy >> TAB_BITS, qy & (TAB - 1)  # floor division by 32 (arithmetic shift) and the remainder, [n*n]
+    if border == "replicate" and wid >= 2 and table.stride() == (ch, 1):  # adjacent pixels: gather pairs
+        return _sample_pairs(table, row_step, hgt, wid, qx, y0, fy).view(n, n, ch)  # [n*n,C] -> [n,n,C]
+    x0 = qx >> TAB_BITS
+    fx, fy = (qx & (TAB - 1)).float().div_(TAB), fy.float().div_(TAB)  # fractions, exact
+    gx, gy = 1 - fx, 1 - fy
+    w = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1)  # weights of the 4 neighbours: [n*n,4]
     xa, xb = x0.clamp(0, wid - 1), (x0 + 1).clamp_(0, wid - 1)
     ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp_(0, hgt - 1).mul_(row_step)  # row offsets
     if border == "zero":  # neighbours outside the image weigh nothing
         inx0, inx1 = (x0 >= 0) & (x0 < wid), (x0 >= -1) & (x0 < wid - 1)
         iny0, iny1 = (y0 >= 0) & (y0 < hgt), (y0 >= -1) & (y0 < hgt - 1)
-        w = w * torch.stack([inx0 & iny0, inx1 & iny0, inx0 & iny1, inx1 & iny1])
-    idx = torch.stack([ya + xa, ya + xb, yb + xa, yb + xb]).view(-1)  # [4,n*n] -> [4*n*n]
-    vals = table.index_select(0, idx).view(4, n * n, ch).float()  # [4*n*n,C] -> [4,n*n,C]
-    return (vals * w[..., None]).sum(0).view(n, n, ch)  # [n*n,C] -> [n,n,C]
+        w = w * torch.stack([inx0 & iny0, inx1 & iny0, inx0 & iny1, inx1 & iny1], -1)
+    idx = torch.stack([ya + xa, ya + xb, yb + xa, yb + xb], 1).view(-1)  # [n*n,4] -> [4*n*n]
+    vals = table.index_select(0, idx).view(n * n, 4, ch).float()  # [4*n*n,C] -> [n*n,4,C]
+    return torch.bmm(w.view(-1, 1, 4), vals).view(n, n, ch)  # [n*n,1,4] @ [n*n,4,C] -> [n,n,C]
+
+
+def _positions(matrix: torch.Tensor, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame positions of the tensor pixels (u, v) in 1/32 pixel, rounded: x and y [n*n] int64 (row-major v, u)."""
+    g = torch.arange(n, device=device, dtype=torch.float64)
+    m = torch.nan_to_num(matrix.to(device, torch.float64), nan=0.0, posinf=0.0, neginf=0.0) * TAB  # NaN ROIs: border
+    lim = 2.0 ** 40
+    out = []
+    for row in (m[0], m[1]):
+        q = (row[0] * g)[None, :] + (row[1] * g + row[2])[:, None]  # [n,n] position of tensor pixel (u, v)
+        out.append(q.round_().clamp_(-lim, lim).long().view(-1))  # [n,n] -> [n*n]
+    return out[0], out[1]
+
+
+def _sample_pairs(table: torch.Tensor, row_step: int, hgt: int, wid: int, qx: torch.Tensor, y0: torch.Tensor,
+                  fy: torch.Tensor) -> torch.Tensor:
+    """Replicated-border bilinear samples [N,C] from horizontal pixel pairs (one gather per row instead of two) of a
+    table whose pixels are adjacent in memory (stride C).
+
+    The pair's left pixel is x0 clamped to 0..W-2 and the right pixel's weight (in 1/32) is the position minus
+    it, clamped to 0..32: inside the image that is the usual fraction; left of it all weight falls on pixel 0 and
+    right of it on pixel W-1, which is what clamping each neighbour (the replicated border) gives. Same values, bit
+    for bit, as the four-neighbour form: every weight is a multiple of 1/1024 and every product exact."""
+    x0 = (qx >> TAB_BITS).clamp_(0, wid - 2)
+    fx = (qx - (x0 << TAB_BITS)).clamp_(0, TAB)  # weight of the right pixel, 1/32 units
+    ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp_(0, hgt - 1).mul_(row_step)  # row offsets
+    ch = table.shape[1]
+    pairs = table.as_strided((table.shape[0] - 1, 2, ch), (ch, ch, 1))  # pixels i and i + 1: [P-1,2,C] (a view)
+    idx = torch.stack([ya + x0, yb + x0], 1).view(-1)  # [N,2] (top, bottom) -> [2N]
+    vals = pairs.index_select(0, idx).view(-1, 4, ch).float()  # [2N,2,C] -> [N,4,C]: TL, TR, BL, BR
+    right, left = fx.float(), (TAB - fx).float()  # horizontal weights, 1/32 units
+    bottom, top = fy.float().div_(TAB * TAB), (TAB - fy).float().div_(TAB * TAB)  # vertical, with the 1/1024
+    w = torch.stack([top * left, top * right, bottom * left, bottom * right], -1).view(-1, 1, 4)  # [N,4] -> [N,1,4]
+    return torch.bmm(w, vals).view(-1, ch)  # [N,1,C] -> [N,C]
 
 
 def pixel_table(image: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .topology import FACE_OVAL, LIPS, RIGID
@@ -34,51 +35,61 @@ from .topology import FACE_OVAL, LIPS, RIGID
 MOUTH_REGION = tuple(sorted(set(LIPS) | set(FACE_OVAL[11:26])))
 
 
+def _copy(x):
+    return x.clone() if isinstance(x, torch.Tensor) else x.copy()
+
+
 class OneEuro:
-    """One-Euro filter on tensors of any shape; velocities are divided by ``scale`` (so thresholds are relative)."""
+    """One-Euro filter on tensors or numpy arrays of any shape; velocities are divided by ``scale`` (so thresholds
+    are relative)."""
 
     def __init__(self, fps: float, min_cutoff: float, beta: float, d_cutoff: float = 1.0):
         self.fps, self.min_cutoff, self.beta, self.d_cutoff = fps, min_cutoff, beta, d_cutoff
         self.reset()
 
     def reset(self) -> None:
-        self.value: Optional[torch.Tensor] = None
-        self.raw: Optional[torch.Tensor] = None
-        self.speed: Optional[torch.Tensor] = None
+        self.value = self.raw = self.speed = None  # last output, last input, smoothed speed (same type as input)
 
     def _alpha(self, cutoff):
         tau = 1.0 / (2 * math.pi * cutoff)
         return 1.0 / (1.0 + tau * self.fps)
 
-    def __call__(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def __call__(self, x, scale: float):
         if self.value is None:
-            self.value, self.raw, self.speed = x.clone(), x.clone(), torch.zeros_like(x)
-            return x.clone()
+            self.value, self.raw, self.speed = _copy(x), _copy(x), x * 0
+            return _copy(x)
         speed = (x - self.raw) * (self.fps / max(scale, 1e-6))  # scale units per second
         a = self._alpha(self.d_cutoff)
         self.speed = a * speed + (1 - a) * self.speed
-        alpha = self._alpha(self.min_cutoff + self.beta * self.speed.abs())
+        alpha = self._alpha(self.min_cutoff + self.beta * abs(self.speed))
         self.value = alpha * x + (1 - alpha) * self.value
-        self.raw = x.clone()
-        return self.value.clone()
+        self.raw = _copy(x)
+        return _copy(self.value)
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity [2,3] (float64) mapping points src [N,2] onto dst [N,2], in closed form: in 2D the
+    rotation-scale is [[p, -q], [q, p]] with p, q the dot and cross sums of the centred points over |src|^2 (what
+    Umeyama's SVD solution gives for a proper rotation)."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    norm = max(float((a * a).sum()), 1e-12)
+    p = float((a * b).sum()) / norm
+    q = float((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum()) / norm
+    lin = np.array([[p, -q], [q, p]])
+    return np.concatenate([lin, (md - lin @ ms)[:, None]], 1)
 
 
 def similarity_fit(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """Least-squares similarity (Umeyama) [2,3] mapping points src [N,2] onto dst [N,2]."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    u, s, vt = torch.linalg.svd(b.T @ a / src.shape[0])
-    d = torch.ones(2, dtype=src.dtype)
-    d[1] = torch.sign(torch.det(u @ vt))
-    rot = u @ torch.diag(d) @ vt
-    scale = (s * d).sum() / a.pow(2).sum(1).mean().clamp(min=1e-12)
-    return torch.cat([scale * rot, (md - scale * rot @ ms)[:, None]], 1)
+    """Least-squares similarity [2,3] mapping points src [N,2] onto dst [N,2] (in src's dtype)."""
+    m = _similarity(src.detach().cpu().double().numpy(), dst.detach().cpu().double().numpy())
+    return torch.from_numpy(m).to(src.dtype)
 
 
-def face_size(points: torch.Tensor) -> float:
-    """Mean of the width and height of the points' box (MediaPipe's object scale)."""
-    span = points[:, :2].amax(0) - points[:, :2].amin(0)
-    return float(span.mean())
+def face_size(points) -> float:
+    """Mean of the width and height of the points' box (MediaPipe's object scale); [P,>=2] tensor or array."""
+    xy = np.asarray(points)[:, :2]
+    return float((xy.max(0) - xy.min(0)).mean())
 
 
 @dataclass(frozen=True)
@@ -104,32 +115,33 @@ class LandmarkSmoother:
         self.pose = OneEuro(fps, *o.pose, o.d_cutoff)
         self.shape = OneEuro(fps, *o.shape, o.d_cutoff)
         self.mouth = OneEuro(fps, *o.mouth, o.d_cutoff)
-        self._mouth = torch.tensor(MOUTH_REGION)
-        self._rigid = list(RIGID)
+        self._mouth = np.array(MOUTH_REGION)
+        self._rigid = np.array(RIGID)
         self.reset()
 
     def reset(self) -> None:
-        self.reference: Optional[torch.Tensor] = None  # rigid points of the first frame [N,2]
+        self.reference: Optional[np.ndarray] = None  # rigid points of the first frame [N,2], float64
         for f in (self.pose, self.shape, self.mouth):
             f.reset()
 
     def __call__(self, landmarks: torch.Tensor) -> torch.Tensor:
-        lm = landmarks.double()
+        """[P,3] landmarks (frame pixels) -> smoothed [P,3]; the small 2x3 algebra runs in numpy float64."""
+        lm = landmarks.detach().cpu().double().numpy()
         if self.reference is None:
-            self.reference = lm[self._rigid, :2].clone()
+            self.reference = lm[self._rigid, :2].copy()
         centre = self.reference.mean(0)
-        m = similarity_fit(lm[self._rigid, :2], self.reference)  # frame -> head frame
-        inv = torch.linalg.inv(m[:, :2])  # head frame -> frame: x = inv (h - centre) + t
+        m = _similarity(lm[self._rigid, :2], self.reference)  # frame -> head frame
+        inv = np.linalg.inv(m[:, :2])  # head frame -> frame: x = inv (h - centre) + t
         t = inv @ (centre - m[:, 2])
-        scale = math.sqrt(max(float(torch.det(m[:, :2])), 1e-12))
-        shape = torch.cat([lm[:, :2] @ m[:, :2].T + m[:, 2], lm[:, 2:] * scale], 1).float()  # [P,3]
+        scale = math.sqrt(max(float(np.linalg.det(m[:, :2])), 1e-12))
+        shape = np.concatenate([lm[:, :2] @ m[:, :2].T + m[:, 2], lm[:, 2:] * scale], 1).astype(np.float32)  # [P,3]
         size = face_size(shape)
         smooth = self.shape(shape, size)
         smooth[self._mouth] = self.mouth(shape[self._mouth], size)
-        pose = torch.stack([inv[0, 0] * size, inv[1, 0] * size, t[0], t[1]]).float()  # pixels
-        p = self.pose(pose, face_size(landmarks)).double()
+        pose = np.array([inv[0, 0] * size, inv[1, 0] * size, t[0], t[1]], np.float32)  # pixels
+        p = self.pose(pose, face_size(lm)).astype(np.float64)
         a, c = p[0] / size, p[1] / size
-        lin = torch.stack([torch.stack([a, -c]), torch.stack([c, a])])  # smoothed head -> frame rotation-scale
-        xy = (smooth[:, :2].double() - centre) @ lin.T + p[2:]
-        z = smooth[:, 2:].double() * math.sqrt(max(float(torch.det(lin)), 1e-12))
-        return torch.cat([xy, z], 1).to(landmarks.dtype)
+        lin = np.array([[a, -c], [c, a]])  # smoothed head -> frame rotation-scale
+        xy = (smooth[:, :2].astype(np.float64) - centre) @ lin.T + p[2:]
+        z = smooth[:, 2:].astype(np.float64) * math.sqrt(max(float(np.linalg.det(lin)), 1e-12))
+        return torch.from_numpy(np.concatenate([xy, z], 1)).to(landmarks.dtype)
