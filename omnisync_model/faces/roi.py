@@ -64,14 +64,14 @@ def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> to
     qx, qy = _positions(matrix, n, image.device)
     table, row_step = pixel_table(image)  # pixel (y, x) is table[y * row_step + x]
     y0, fy = qy >> TAB_BITS, qy & (TAB - 1)  # floor division by 32 (arithmetic shift) and the remainder, [n*n]
+    ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp(0, hgt - 1).mul_(row_step)  # row offsets
     if border == "replicate" and wid >= 2 and table.stride() == (ch, 1):  # adjacent pixels: gather pairs
-        return _sample_pairs(table, row_step, hgt, wid, qx, y0, fy).view(n, n, ch)  # [n*n,C] -> [n,n,C]
+        return _sample_pairs(table, wid, qx, ya, yb, fy).view(n, n, ch)  # [n*n,C] -> [n,n,C]
     x0 = qx >> TAB_BITS
     fx, fy = (qx & (TAB - 1)).float().div_(TAB), fy.float().div_(TAB)  # fractions, exact
     gx, gy = 1 - fx, 1 - fy
     w = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1)  # weights of the 4 neighbours: [n*n,4]
     xa, xb = x0.clamp(0, wid - 1), (x0 + 1).clamp_(0, wid - 1)
-    ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp_(0, hgt - 1).mul_(row_step)  # row offsets
     if border == "zero":  # neighbours outside the image weigh nothing
         inx0, inx1 = (x0 >= 0) & (x0 < wid), (x0 >= -1) & (x0 < wid - 1)
         iny0, iny1 = (y0 >= 0) & (y0 < hgt), (y0 >= -1) & (y0 < hgt - 1)
@@ -93,10 +93,10 @@ def _positions(matrix: torch.Tensor, n: int, device) -> tuple[torch.Tensor, torc
     return out[0], out[1]
 
 
-def _sample_pairs(table: torch.Tensor, row_step: int, hgt: int, wid: int, qx: torch.Tensor, y0: torch.Tensor,
+def _sample_pairs(table: torch.Tensor, wid: int, qx: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor,
                   fy: torch.Tensor) -> torch.Tensor:
     """Replicated-border bilinear samples [N,C] from horizontal pixel pairs (one gather per row instead of two) of a
-    table whose pixels are adjacent in memory (stride C).
+    table whose pixels are adjacent in memory (stride C); ``ya``, ``yb`` are the top and bottom row offsets [N].
 
     The pair's left pixel is x0 clamped to 0..W-2 and the right pixel's weight (in 1/32) is the position minus
     it, clamped to 0..32: inside the image that is the usual fraction; left of it all weight falls on pixel 0 and
@@ -104,7 +104,6 @@ def _sample_pairs(table: torch.Tensor, row_step: int, hgt: int, wid: int, qx: to
     for bit, as the four-neighbour form: every weight is a multiple of 1/1024 and every product exact."""
     x0 = (qx >> TAB_BITS).clamp_(0, wid - 2)
     fx = (qx - (x0 << TAB_BITS)).clamp_(0, TAB)  # weight of the right pixel, 1/32 units
-    ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp_(0, hgt - 1).mul_(row_step)  # row offsets
     ch = table.shape[1]
     pairs = table.as_strided((table.shape[0] - 1, 2, ch), (ch, ch, 1))  # pixels i and i + 1: [P-1,2,C] (a view)
     idx = torch.stack([ya + x0, yb + x0], 1).view(-1)  # [N,2] (top, bottom) -> [2N]

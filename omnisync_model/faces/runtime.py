@@ -44,11 +44,6 @@ def onednn_fusion(enabled: bool) -> Iterator[None]:
         torch.jit.enable_onednn_fusion(before)
 
 
-def split_items(x: torch.Tensor) -> list[torch.Tensor]:
-    """[B,...] -> B tensors [1,...] (views)."""
-    return [x[i:i + 1] for i in range(x.shape[0])]
-
-
 def concat_outputs(parts: list[Any]) -> Any:
     """Per-item outputs (tensors, or tuples / lists / dicts of them) joined along dimension 0."""
     first = parts[0]
@@ -96,16 +91,14 @@ class FusedRunner:
         self.fused = False
         if not self.usable(x):
             return self.module(x)
-        items = split_items(x)
+        items = x.split(1)  # [B,...] -> B views [1,...]
         key = (tuple(items[0].shape), items[0].stride())
         trace = self._traces.get(key) or self._build(items[0], key)
         if trace is None:
             return self.module(x)
         self.fused = True
-        with torch.no_grad():  # also under inference_mode
-            return concat_outputs([trace(item) for item in items])
+        return concat_outputs([trace(item) for item in items])
 
-    @torch.no_grad()
     def _build(self, example: torch.Tensor, key: tuple) -> Optional[Callable]:
         """Trace, freeze, fuse and check on ``example`` [1,...]; None (and eager from now on) when any step fails."""
         try:
