@@ -1,5 +1,6 @@
-"""The fused CPU runtime of the face networks (frozen trace + oneDNN Graph) and its trace-only formulations."""
+"""The fused CPU runtime of the face networks (frozen trace + oneDNN Graph), its sharing and its trace-only forms."""
 
+import gc
 import logging
 from pathlib import Path
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from omnisync_model.faces.landmarker import FaceLandmarker
+from omnisync_model.faces.landmarker import FaceLandmarker, shipped_cpu_models
 from omnisync_model.faces.layers import BlazeBlock, max_pool2
-from omnisync_model.faces.runtime import FusedRunner, concat_outputs, onednn_fusion
+from omnisync_model.faces.runtime import MAX_SHAPES, FusedRunner, concat_outputs, onednn_fusion
 from omnisync_model.faces.smoothing import similarity_fit
+from omnisync_model.faces.weights import load_detector, load_mesh
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "faces"
 
@@ -19,17 +21,17 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "faces"
 @pytest.fixture(scope="module")
 def landmarker():
     torch.set_num_threads(2)
-    return FaceLandmarker(fused=True)
+    return FaceLandmarker()  # CPU float32, shipped weights: the process's shared fused models
 
 
 def test_fused_mesh_matches_the_tflite_goldens(landmarker):
     g = dict(np.load(GOLDEN / "mesh.npz"))
     x = torch.from_numpy(g["mesh_input"]).permute(0, 3, 1, 2).float() / 255.0  # [4,192,192,3] -> [4,3,192,192]
     x = x.contiguous(memory_format=torch.channels_last)
-    runner = FusedRunner(landmarker.mesh)
+    runner = landmarker.models.run_mesh
     with torch.no_grad():
         out = runner(x)  # a batch of 4 runs item by item through one trace
-    assert runner.fused and len(runner._traces) == 1
+    assert runner.fused and list(runner._traces) == [((1, 3, 192, 192), x[:1].stride())]
     for key in ("mesh", "lips", "right_eye", "left_eye", "right_iris", "left_iris"):
         ref = torch.from_numpy(g[f"mesh_raw_{key}"]).view(out[key].shape)
         assert (out[key] - ref).abs().max() < 2e-3, key  # the eager test's bound (192-pixel units)
@@ -39,7 +41,7 @@ def test_fused_mesh_matches_the_tflite_goldens(landmarker):
 def test_fused_detector_matches_the_tflite_goldens(landmarker):
     g = dict(np.load(GOLDEN / "detector.npz"))
     x = torch.from_numpy(g["det_input"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    runner = FusedRunner(landmarker.detector)
+    runner = landmarker.models.run_detector
     with torch.no_grad():
         boxes, scores = runner(x.contiguous(memory_format=torch.channels_last))
     assert runner.fused
@@ -119,13 +121,61 @@ def test_trace_formulations_equal_the_eager_block():
         assert torch.equal(pooled(x), max_pool2(x))
 
 
-def test_landmarker_reset_rebuilds_traces(landmarker):
+def test_landmarker_reset_rebuilds_traces():
     frame = np.zeros((64, 64, 3), np.uint8)
-    fresh = FaceLandmarker(fused=True)
-    fresh.detect([frame])
-    assert fresh._run_detector._traces
-    fresh.reset()
-    assert not fresh._run_detector._traces and not fresh._run_mesh._traces
+    own = FaceLandmarker(detector=load_detector(), mesh=load_mesh(), fused=True)  # models of its own: own traces
+    assert own.models is not shipped_cpu_models()
+    own.detect([frame])
+    assert own._run_detector.fused and own._run_detector._traces
+    own.reset()
+    assert not own._run_detector._traces and not own._run_mesh._traces
+
+
+def _tensors():
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_landmarkers_share_one_pair_of_traces_and_leave_nothing_behind(landmarker):
+    frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    roi = torch.tensor([[80.0, 60.0, 90.0, 90.0, 0.1]])
+    landmarker.detect([frame]), landmarker.landmarks(frame, roi)  # both traces built
+    shared = shipped_cpu_models()
+    traces = (dict(shared.run_detector._traces), dict(shared.run_mesh._traces))
+    before = _tensors()
+    for _ in range(3):  # what each node run does: a new landmarker, used, dropped
+        fl = FaceLandmarker(min_detection=0.3)
+        fl.detect([frame]), fl.landmarks(frame, roi)
+        assert fl.models is shared and fl._run_detector.fused and fl._run_mesh.fused
+        del fl
+    assert _tensors() == before  # no models, traces or trace constants left per landmarker
+    assert (shared.run_detector._traces, shared.run_mesh._traces) == traces  # no trace rebuilt
+    eager = FaceLandmarker(fused=False)
+    assert eager.models is not shared and not eager._run_mesh.enabled
+    (boxes, scores, _), (fboxes, fscores, _) = eager.detect_raw([frame]), landmarker.detect_raw([frame])
+    assert not eager._run_detector.fused and landmarker._run_detector.fused
+    assert (boxes - fboxes).abs().max() < 1e-3 * boxes.abs().max() and (scores - fscores).abs().max() < 1e-3
+
+
+def test_the_networks_make_no_tensors_in_forward(landmarker):
+    """Tensors made in ``forward`` become trace constants that TorchScript never frees: index tensors are buffers."""
+    for module, side in ((landmarker.mesh, 192), (landmarker.detector, 128)):
+        with torch.no_grad():
+            trace = torch.jit.trace(module, torch.rand(1, 3, side, side), strict=False, check_trace=False)
+        constants = [n for n in trace.inlined_graph.nodes() if n.kind() == "prim::Constant"
+                     and n.output().type().kind() == "TensorType" and n.output().type().dim()]
+        assert not constants, constants
+
+
+def test_runner_traces_a_bounded_number_of_shapes():
+    runner = FusedRunner(nn.Linear(4, 2))
+    with torch.no_grad():
+        for n in range(1, MAX_SHAPES + 2):
+            x = torch.rand(1, n * 4).view(1, n, 4)  # a new item shape each time
+            out = runner(x)
+            assert runner.fused == (n <= MAX_SHAPES)  # past the limit: eager, nothing traced or dropped
+            assert torch.allclose(out, runner.module(x), atol=1e-6)
+    assert len(runner._traces) == MAX_SHAPES
 
 
 def test_closed_form_similarity_is_the_least_squares_fit():

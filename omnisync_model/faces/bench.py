@@ -193,7 +193,7 @@ def run(video: Optional[Path], out_dir: Optional[Path] = None, threads: int = 2,
     torch.set_num_threads(threads)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    landmarker = FaceLandmarker(fused=True)  # one landmarker for the whole run (see FaceLandmarker)
+    landmarker = FaceLandmarker()  # the default: the process's shared fused models (see FaceLandmarker)
     report: dict = {"threads": threads}
     with torch.no_grad():
         if video is not None:

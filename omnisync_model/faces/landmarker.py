@@ -15,6 +15,8 @@ Shape legend
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -66,30 +68,62 @@ def model_input(frame: torch.Tensor, value_scale: float, rois: torch.Tensor, n: 
     return x.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=torch.channels_last)  # [N,n,n,3] -> [N,3,n,n]
 
 
+@dataclass(frozen=True, eq=False)
+class FaceModels:
+    """The two networks (channels-last: faster for these small convolution stacks) and the runners that call them."""
+
+    detector: BlazeFace
+    mesh: FaceMesh
+    run_detector: FusedRunner
+    run_mesh: FusedRunner
+
+    @classmethod
+    def build(cls, detector: BlazeFace, mesh: FaceMesh, fused: bool) -> "FaceModels":
+        detector = detector.to(memory_format=torch.channels_last)
+        mesh = mesh.to(memory_format=torch.channels_last)
+        return cls(detector, mesh, FusedRunner(detector, fused), FusedRunner(mesh, fused))
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_cpu_models() -> FaceModels:
+    """The shipped detector and mesh on CPU in float32 with fused runners, loaded once per process.
+
+    A process-wide cache on purpose: TorchScript never frees a trace (its global compilation unit and fusion caches
+    keep every graph; measured ~50 MB per detector + mesh pair, pytorch/pytorch#35600), so landmarkers share these
+    traces instead of building their own each run. Read-only: never change these models' weights."""
+    return FaceModels.build(load_detector(), load_mesh(), fused=True)
+
+
 class FaceLandmarker:
     """The detector and the mesh with MediaPipe's processing. Models load from the shipped weights unless given.
 
-    ``fused=True`` runs both networks on CPU float32 through fused frozen traces (:mod:`.runtime`: about 2.8x
-    faster, same outputs to 1e-4 of their scale). Off by default: TorchScript keeps each trace's constants (about
-    70 tensors) alive after the landmarker is gone, so create one fused landmarker and reuse it. The traces hold the
-    weights of the first call: after changing the models' weights, call :meth:`reset`."""
+    ``fused`` (default None: automatic) runs both networks on CPU float32 through fused frozen traces
+    (:mod:`.runtime`: the networks about 2x faster, same outputs to 1e-4 of their scale). Automatic: a CPU float32
+    landmarker of the shipped weights with torch.nn layers uses :func:`shipped_cpu_models` (traced once per
+    process, shared); anything else runs eagerly. ``fused=True`` with models of your own traces them for this
+    landmarker: TorchScript never frees a trace, so build such a landmarker once and reuse it. ``fused=False`` is
+    always eager. After changing the weights of fused models of your own, call :meth:`reset`."""
 
     def __init__(self, device=None, dtype=None, operations=nn, detector: Optional[BlazeFace] = None,
-                 mesh: Optional[FaceMesh] = None, min_detection: float = 0.5, fused: bool = False):
+                 mesh: Optional[FaceMesh] = None, min_detection: float = 0.5, fused: Optional[bool] = None):
         self.device = torch.device(device or "cpu")
         self.dtype = dtype or torch.float32
-        self.detector = detector if detector is not None else load_detector(None, self.device, self.dtype, operations)
-        self.mesh = mesh if mesh is not None else load_mesh(None, self.device, self.dtype, operations)
+        shipped = detector is None and mesh is None and operations is nn
+        if fused is not False and shipped and self.device.type == "cpu" and self.dtype == torch.float32:
+            models = shipped_cpu_models()
+        else:
+            models = FaceModels.build(
+                detector if detector is not None else load_detector(None, self.device, self.dtype, operations),
+                mesh if mesh is not None else load_mesh(None, self.device, self.dtype, operations), bool(fused))
+        self.models = models
+        self.detector, self.mesh = models.detector, models.mesh
+        self._run_detector, self._run_mesh = models.run_detector, models.run_mesh
         self.min_detection = min_detection
         self.anchors = ssd_anchors(self.detector.config).to(self.device)
-        # channels-last runs these small convolution stacks faster (notably max pooling and depthwise convs)
-        self.detector = self.detector.to(memory_format=torch.channels_last)
-        self.mesh = self.mesh.to(memory_format=torch.channels_last)
-        self._run_detector = FusedRunner(self.detector, fused)
-        self._run_mesh = FusedRunner(self.mesh, fused)
 
     def reset(self) -> None:
-        """Rebuild the fused traces on the next call (after the models' weights changed)."""
+        """Rebuild the fused traces on the next call, after changing the weights of models of your own (the shared
+        shipped models never change; TorchScript keeps the old traces' memory)."""
         self._run_detector.reset()
         self._run_mesh.reset()
 

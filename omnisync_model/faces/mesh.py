@@ -124,22 +124,27 @@ class _Regions(nn.Module):
         self.out = nn.ModuleDict({output_key(rn, hn): operations.Conv2d(c.neck_channels, p * 2, 2, device=device,
                                                                         dtype=dtype) for rn, hn, p in heads})
         names = [x.name for x in c.regions]
-        self._source = [names.index(rn) for rn, _, _ in heads]  # trunk feeding each head
+        # index tensors as buffers, not tensors made in forward: a trace would keep those as constants for good
+        self.register_buffer("source", torch.tensor([names.index(rn) for rn, _, _ in heads], device=device),
+                             persistent=False)  # trunk feeding each head: [H]
+        for i, region in enumerate(c.regions):
+            self.register_buffer(f"subset_{i}", torch.tensor(region.subset, device=device), persistent=False)  # [n]
 
     def forward(self, features: torch.Tensor, coarse: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         c = self.config
         b, ch = features.shape[:2]
         size = (c.crop, c.crop)
-        mats = torch.stack([region_matrix(coarse, torch.tensor(r.subset, device=coarse.device), r.left, r.right, size,
-                                          (c.crop_scale, c.crop_scale)) for r in c.regions], 1)  # [B,R,2,3]
+        scale = (c.crop_scale, c.crop_scale)
+        mats = torch.stack([region_matrix(coarse, getattr(self, f"subset_{i}"), r.left, r.right, size, scale)
+                            for i, r in enumerate(c.regions)], 1)  # [B,R,2,3]
         nr = mats.shape[1]
         crops = crop_features(features, mats, size)  # [B,C,R,o,o]
         crops = crops.transpose(1, 2).reshape(b, nr * ch, *size)  # [B,C,R,o,o] -> [B,R,C,o,o] -> [B,R*C,o,o]
         t = self.trunk(crops)  # [B,R*128,4,4]
         t = t.view(b, nr, -1, *t.shape[2:])  # [B,R,128,4,4]
-        x = t[:, self._source].flatten(1, 2)  # each head's trunk: [B,H,128,4,4] -> [B,H*128,4,4]
+        x = t.index_select(1, self.source).flatten(1, 2)  # each head's trunk: [B,H,128,4,4] -> [B,H*128,4,4]
         x = self.head_neck(self.head_blocks(x))  # [B,H*32,2,2]
-        x = x.view(b, len(self._source), -1, *x.shape[2:])  # [B,H,32,2,2]
+        x = x.view(b, len(self.source), -1, *x.shape[2:])  # [B,H,32,2,2]
         out = {key: conv(x[:, i]).view(b, -1, 2) for i, (key, conv) in enumerate(self.out.items())}  # [B,2P] -> [B,P,2]
         return out, mats
 

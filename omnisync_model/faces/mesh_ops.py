@@ -41,10 +41,9 @@ def region_matrix(landmarks: torch.Tensor, subset: torch.Tensor, left: int, righ
     size = hi - lo
     centre = torch.einsum("bji,bj->bi", rot, (lo + hi) / 2)  # rotated back by -r (R(-r) = R(r)^T): [B,2]
     oh, ow = out_hw
-    step = size * torch.tensor([scale[0] / ow, scale[1] / oh], device=lm.device)  # [B,2] (sx, sy)
+    step = torch.stack([size[:, 0] * (scale[0] / ow), size[:, 1] * (scale[1] / oh)], 1)  # [B,2] (sx, sy)
     linear = rot.transpose(1, 2) * step[:, None, :]  # R(-r) diag(sx, sy): [B,2,2]
-    half = torch.tensor([ow / 2.0, oh / 2.0], device=lm.device)
-    shift = centre - linear @ half  # [B,2]
+    shift = centre - linear[:, :, 0] * (ow / 2.0) - linear[:, :, 1] * (oh / 2.0)  # centre - linear (ow/2, oh/2): [B,2]
     return torch.cat([linear, shift[:, :, None]], 2)  # [B,2,3]
 
 
@@ -60,7 +59,7 @@ def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[in
     grid = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, 1, -1, 3)  # (u + 0.5, v + 0.5, 1): [1,1,o*o,3]
     pos = grid @ m.transpose(2, 3) - 0.5  # feature pixel coordinates: [B,R,o*o,2]
     inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= w - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= h - 1))  # [B,R,o*o]
-    norm = pos / torch.tensor([max(w - 1, 1), max(h - 1, 1)], device=pos.device) * 2 - 1  # align_corners=True scale
+    norm = torch.stack([pos[..., 0] / max(w - 1, 1), pos[..., 1] / max(h - 1, 1)], -1) * 2 - 1  # align_corners=True
     grid = norm.view(b, r * oh, ow, 2).to(features.dtype)  # [B,R,o*o,2] -> [B,R*o,o,2]
     out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # [B,C,R*o,o]
     out = out.view(b, -1, r, oh, ow) * inside.view(b, 1, r, oh, ow).to(out.dtype)  # [B,C,R*o,o] -> [B,C,R,o,o]

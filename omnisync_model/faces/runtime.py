@@ -2,11 +2,16 @@
 
 The detector and the mesh are stacks of ~30 tiny convolution blocks; run eagerly, each op costs more in Python and
 dispatch overhead than in arithmetic. On CPU, float32, :class:`FusedRunner` traces the module once per input shape
-(one item: a batch runs item by item through the same trace), freezes it (weights become constants) and lets
-oneDNN Graph fuse convolution + bias + residual add + pooling chains during three warm-up calls (PReLU stays a
-separate op: the bridge has no fusion for it). Measured on a 2-core
-CPU: the mesh about 2.8x and the detector about 3x faster than eager (tracking step 6.1 vs 9.7 ms,
-``python -m omnisync_model.faces.bench``).
+(one item: a batch runs item by item through the same trace), freezes it (weights become constants: about 10%
+faster than the plain trace) and lets oneDNN Graph fuse convolution + bias + residual add + pooling chains during
+three warm-up calls (PReLU stays a separate op: the bridge has no fusion for it). Measured on a 2-core CPU,
+interleaved: the mesh about 2x and the detector about 2.5-3x faster than eager
+(``python -m omnisync_model.faces.bench``).
+
+Lifetime: TorchScript never frees a trace, nor the weights frozen into it (its global compilation unit and fusion
+caches keep every graph, ~50 MB for the detector and mesh; pytorch/pytorch#35600), so build a runner once per model
+and process and reuse it (the landmarker shares one pair for the shipped weights). Tensors a module creates inside
+``forward`` become constants of a trace and live as long: keep index tensors as buffers.
 
 Safety: the trace is checked against the eager module on the first input (both kept in float32; the outputs must
 agree to ``rtol`` of their scale); any failure (no TorchScript in this torch, a trace error, a mismatch) logs one
@@ -20,6 +25,7 @@ Shape legend
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
@@ -30,7 +36,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 WARMUP_CALLS = 3  # the profiling executor optimises (and fuses) after two profiled runs
-MAX_SHAPES = 4  # traces kept per runner (one per distinct item shape)
+MAX_SHAPES = 4  # traces per runner (one per item shape); further shapes run eagerly (a trace is never freed)
 
 
 @contextmanager
@@ -67,7 +73,7 @@ def max_difference(a: Any, b: Any) -> tuple[float, float]:
 
 
 class FusedRunner:
-    """Calls ``module`` like ``module(x)``; on CPU float32 through a fused frozen trace (see the module docstring).
+    """Calls ``module`` like ``module(x)``; on CPU float32 through a fused trace (see the module docstring).
 
     ``enabled=False`` always runs eagerly, as do calls with autograd on. ``fused`` says whether the last call used
     a trace."""
@@ -76,10 +82,12 @@ class FusedRunner:
         self.module, self.enabled, self.rtol = module, enabled, rtol
         self._traces: dict[tuple, Callable] = {}
         self._failed = False
+        self._lock = threading.Lock()  # one trace per shape even when threads share the runner
         self.fused = False
 
     def reset(self) -> None:
-        """Drop the traces (call after changing the module's weights); a failed trace may be retried."""
+        """Drop the traces (call after changing the module's weights; TorchScript keeps the old ones' memory); a
+        failed trace may be retried."""
         self._traces.clear()
         self._failed = False
 
@@ -93,7 +101,10 @@ class FusedRunner:
             return self.module(x)
         items = x.split(1)  # [B,...] -> B views [1,...]
         key = (tuple(items[0].shape), items[0].stride())
-        trace = self._traces.get(key) or self._build(items[0], key)
+        trace = self._traces.get(key)
+        if trace is None and len(self._traces) < MAX_SHAPES:
+            with self._lock:
+                trace = self._traces.get(key) or self._build(items[0], key)
         if trace is None:
             return self.module(x)
         self.fused = True
@@ -105,7 +116,7 @@ class FusedRunner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notice; tracer notes on shape branches
                 trace = torch.jit.freeze(torch.jit.trace(self.module.eval(), example, strict=False,
-                                                         check_trace=False))
+                                                         check_trace=False))  # weights as constants
                 with onednn_fusion(True):
                     for _ in range(WARMUP_CALLS):
                         out = trace(example)
@@ -119,8 +130,6 @@ class FusedRunner:
                         diff, scale)
             self._failed = True
             return None
-        if len(self._traces) >= MAX_SHAPES:
-            self._traces.pop(next(iter(self._traces)))
         self._traces[key] = trace
         log.debug("fused trace built for input %s (max difference to eager %.2g)", list(example.shape), diff)
         return trace
