@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from omnisync_model.faces.landmarker import FaceLandmarker, shipped_cpu_models
-from omnisync_model.faces.layers import BlazeBlock, max_pool2
+from omnisync_model.faces.layers import BlazeBlock, SameConv, max_pool2
 from omnisync_model.faces.runtime import MAX_SHAPES, FusedRunner, concat_outputs, onednn_fusion
 from omnisync_model.faces.smoothing import similarity_fit
 from omnisync_model.faces.weights import load_detector, load_mesh
@@ -119,6 +119,24 @@ def test_trace_formulations_equal_the_eager_block():
         assert torch.allclose(traced(x), block(x), atol=1e-6)
         pooled = torch.jit.trace(max_pool2, x, check_trace=False)
         assert torch.equal(pooled(x), max_pool2(x))
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 2, 8), (3, 2, 7), (5, 2, 10), (5, 2, 9), (2, 2, 6), (3, 1, 6),
+                                                (4, 1, 7)])
+def test_traced_same_padding_folds_into_the_kernel_exactly(kernel, stride, size):
+    """Under tracing, SAME padding is a kernel with a leading zero row / column and symmetric padding (no pad
+    op): same output shape and values as padding first."""
+    torch.manual_seed(kernel * 10 + size)
+    conv = SameConv(4, 6, kernel, stride, activation="prelu").eval()
+    x = torch.randn(1, 4, size, size + 1)  # H and W of different parity
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x, check_trace=False)
+        want = conv(x)
+        got = traced(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
+    graph = traced.inlined_graph
+    convs = [n for n in graph.nodes() if n.kind() in ("aten::_convolution", "aten::conv2d")]
+    assert next(convs[0].inputs()).debugName() == list(graph.inputs())[1].debugName()  # the input itself, unpadded
 
 
 def test_landmarker_reset_rebuilds_traces():

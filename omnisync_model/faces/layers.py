@@ -22,12 +22,15 @@ from torch import nn
 import torch.nn.functional as F
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TFLite's SAME padding (before, after) of one dimension (more after than before)."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 def pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Zero-pad [B,C,H,W] as TFLite's SAME padding does for ``kernel`` and ``stride`` (more after than before)."""
-    pads = []
-    for size in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first: W then H
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
+    """Zero-pad [B,C,H,W] as TFLite's SAME padding does for ``kernel`` and ``stride``."""
+    pads = [*same_padding(x.shape[-1], kernel, stride), *same_padding(x.shape[-2], kernel, stride)]  # W then H
     return F.pad(x, pads) if any(pads) else x
 
 
@@ -74,9 +77,21 @@ class SameConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same" and not self._inner_pad:
-            x = pad_same(x, self.kernel, self.stride)
-        x = self.conv(x)
+            x = self._traced_same(x) if torch.jit.is_tracing() else self.conv(pad_same(x, self.kernel, self.stride))
+        else:
+            x = self.conv(x)
         return self.act(x) if self.act is not None else x
+
+    def _traced_same(self, x: torch.Tensor) -> torch.Tensor:
+        """SAME padding without a pad op (which splits oneDNN Graph's fusion groups): where the padding after is one
+        more than before, the kernel gets a leading zero row / column and both sides pad by the larger amount;
+        exactly the same sums."""
+        pads = [same_padding(int(size), self.kernel, self.stride) for size in x.shape[-2:]]  # (before, after) H, W
+        if any(after - before not in (0, 1) for before, after in pads):
+            return self.conv(pad_same(x, self.kernel, self.stride))
+        (bh, ah), (bw, aw) = pads
+        weight = F.pad(self.conv.weight, (aw - bw, 0, ah - bh, 0))  # [Co,Ci/g,k,k] -> [Co,Ci/g,k+dh,k+dw]
+        return F.conv2d(x, weight, self.conv.bias, self.stride, (ah, aw), 1, self.conv.groups)
 
 
 class BlazeBlock(nn.Module):
