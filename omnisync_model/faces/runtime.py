@@ -73,7 +73,7 @@ def max_difference(a: Any, b: Any) -> tuple[float, float]:
 
 
 class FusedRunner:
-    """Calls ``module`` like ``module(x)``; on CPU float32 through a fused trace (see the module docstring).
+    """Calls ``module`` like ``module(x)``; on CPU float32 through a fused frozen trace (see the module docstring).
 
     ``enabled=False`` always runs eagerly, as do calls with autograd on. ``fused`` says whether the last call used
     a trace."""

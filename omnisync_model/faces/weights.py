@@ -45,7 +45,8 @@ def _load(path: Path, kind: str, device, dtype, operations) -> nn.Module:
         raise CheckpointError(f"{path}: not a converted face model (metadata format {meta.get('format')!r})")
     config = infer_config(path, kind)
     cls = BlazeFace if kind == "detector" else FaceMesh
-    model = cls(config, device="cpu", operations=operations)  # small (1.2M parameters): built in ~10 ms
+    # built on CPU, not meta + to_empty: the mesh's index buffers are not in the file (1.2M parameters: ~10 ms)
+    model = cls(config, device="cpu", operations=operations)
     state = {k: v.float() for k, v in read_tensors(path).items()}  # float16 on disk, exact in float32
     load_state_dict_checked(model, state, source=str(path))
     return model.to(device=device or "cpu", dtype=dtype or torch.float32).eval().requires_grad_(False)
