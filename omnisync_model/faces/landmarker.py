@@ -116,10 +116,24 @@ class FaceLandmarker:
                 detector if detector is not None else load_detector(None, self.device, self.dtype, operations),
                 mesh if mesh is not None else load_mesh(None, self.device, self.dtype, operations), bool(fused))
         self.models = models
-        self.detector, self.mesh = models.detector, models.mesh
-        self._run_detector, self._run_mesh = models.run_detector, models.run_mesh
         self.min_detection = min_detection
         self.anchors = ssd_anchors(self.detector.config).to(self.device)
+
+    @property
+    def detector(self) -> BlazeFace:
+        return self.models.detector
+
+    @property
+    def mesh(self) -> FaceMesh:
+        return self.models.mesh
+
+    @property
+    def _run_detector(self) -> FusedRunner:
+        return self.models.run_detector
+
+    @property
+    def _run_mesh(self) -> FusedRunner:
+        return self.models.run_mesh
 
     def reset(self) -> None:
         """Rebuild the fused traces on the next call, after changing the weights of models of your own (the shared
