@@ -5,8 +5,9 @@ does, and projects boxes and keypoints back to frame pixels. ``FaceLandmarker.la
 192x192, runs the mesh, refines to 478 points and projects them to frame pixels with their presence probability.
 
 Frames are ``[H,W,C]`` tensors or arrays, uint8 (0..255) or float (0..1), with 1 (grey), 3 (RGB) or 4 (RGBA:
-alpha ignored) channels; NaN samples count as black. Only the pixels the models sample are read, so a 4K frame
-costs the same as a 1080p one.
+alpha ignored) channels; NaN samples count as black. Only the region around a face is read (converted to float;
+the detector's letterbox of a large frame reads just its samples' pixels), so a 4K frame costs about what a 1080p
+one does.
 
 Shape legend
   H, W, C  frame size     N  ROIs / faces     D  detections     P  landmarks (478)
@@ -25,7 +26,7 @@ from torch import nn
 
 from . import roi as R
 from .detector import BlazeFace, Detections, decode, ssd_anchors, weighted_nms
-from .mesh import FaceMesh, refine
+from .mesh import FaceMesh
 from .runtime import FusedRunner
 from .weights import load_detector, load_mesh
 
@@ -54,18 +55,26 @@ def as_frame(frame: Frame) -> tuple[torch.Tensor, float]:
 
 
 def model_input(frame: torch.Tensor, value_scale: float, rois: torch.Tensor, n: int, border: str,
-                value_range: tuple[float, float], device, dtype) -> torch.Tensor:
-    """[N,3,n,n] model input for each ROI of one frame (8-bit rounding as MediaPipe's warp)."""
+                value_range: tuple[float, float], device, dtype,
+                matrices: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[N,3,n,n] model input for each ROI of one frame (8-bit rounding as MediaPipe's warp); ``matrices``: the ROIs'
+    :func:`.roi.roi_matrix`, when at hand."""
     lo, hi = value_range
-    out = []
-    for m in R.roi_matrix(rois, n):
-        v = R.sample(frame, m, n, border)  # [n,n,C] float32, our own buffer: updated in place below
+    mats = R.roi_matrix(rois, n) if matrices is None else matrices
+    x = torch.empty(len(mats), 3, n, n, device=frame.device, memory_format=torch.channels_last)  # [N,3,n,n] float32
+    for i, m in enumerate(mats):
+        v = R.sample_bands(frame, m, n, border)  # [P,C,n/P,n] float32, our own buffer: updated in place below
         if value_scale != 1.0:  # float frames (0..1; NaN counts as black); integer frames have no NaN
             v = torch.nan_to_num_(v.mul_(value_scale))
-        px = v.add_(0.5).floor_().clamp_(0, 255)  # 8-bit rounding
-        out.append(px[..., :3] if px.shape[-1] >= 3 else px.expand(-1, -1, 3))  # RGBA -> RGB, grey -> RGB
-    x = torch.stack(out).to(device=device).mul_((hi - lo) / 255.0).add_(lo)  # [N,n,n,3]
-    return x.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=torch.channels_last)  # [N,n,n,3] -> [N,3,n,n]
+        v = v.add_(0.5).floor_()  # 8-bit rounding (ties up, as OpenCV's fixed-point warp)
+        if frame.dtype != torch.uint8:  # bilinear samples of 8-bit pixels stay within 0..255
+            v = v.clamp_(0, 255)
+        v = v.transpose(0, 1)  # [C,P,n/P,n]
+        v = v[:3] if v.shape[0] >= 3 else v.expand(3, -1, -1, -1)  # RGBA -> RGB, grey -> RGB
+        torch.mul(v, (hi - lo) / 255.0, out=x[i].unflatten(1, v.shape[1:3]))  # into [3,P,n/P,n] view of row i
+    if lo:
+        x = x.add_(lo)
+    return x.to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,15 +184,21 @@ class FaceLandmarker:
 
     @torch.no_grad()
     def landmarks_raw(self, frame: Frame, rois: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The mesh's raw outputs for each ROI [N,5] of one frame (192-pixel units)."""
-        t, scale = as_frame(frame)
-        x = model_input(t, scale, rois, self.mesh.config.input_size, "replicate", (0.0, 1.0), self.device, self.dtype)
-        return self._run_mesh(x)
+        """The mesh's outputs for each ROI [N,5] of one frame (192-pixel units; see :class:`.mesh.FaceMesh`)."""
+        return self._mesh_outputs(frame, rois.float(), R.roi_matrix(rois.float(), self.mesh.config.input_size))
 
     @torch.no_grad()
     def landmarks(self, frame: Frame, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """478 landmarks [N,478,3] in frame pixels (z scaled like x) and presence probabilities [N]."""
         rois = rois.float()
-        raw = self.landmarks_raw(frame, rois)
-        points = refine(raw).cpu()
-        return R.project(points, rois, self.mesh.config.input_size), torch.sigmoid(raw["presence"].float()).cpu()
+        n = self.mesh.config.input_size
+        mats = R.roi_matrix(rois, n)  # [N,2,3], for the crop and the projection back
+        raw = self._mesh_outputs(frame, rois, mats)
+        points = raw["landmarks"].float().cpu()  # refined in the network (one gather)
+        return R.project(points, rois, n, mats), torch.sigmoid(raw["presence"].float()).cpu()
+
+    def _mesh_outputs(self, frame: Frame, rois: torch.Tensor, mats: torch.Tensor) -> dict[str, torch.Tensor]:
+        t, scale = as_frame(frame)
+        x = model_input(t, scale, rois, self.mesh.config.input_size, "replicate", (0.0, 1.0), self.device, self.dtype,
+                        mats)
+        return self._run_mesh(x)

@@ -13,9 +13,10 @@ Facts (from ``face_landmark_with_attention.tflite`` in the mediapipe 0.10.21 whe
   contour points and 5 iris points): 5 blocks, a 1x1 reduction to 32 (PReLU), a block and a 2x2 valid convolution.
   Head points are mapped back with the crop matrix (translation x4: 48 -> 192 pixels). The 3 trunks and the 5
   heads each run as one grouped network (same maths, a fifth of the ops); their weights are stacked in region
-  order (lips, right eye, left eye) and head order (lips, right eye, right iris, left eye, left iris).
+  order (lips, right eye, left eye) and head order (lips, right eye, right iris, left eye, left iris). The three
+  crop matrices are computed in one batch and the refinement below is one gather (:func:`refine_index`).
 - Refinement into 478 points: lips and eye contours replace x, y of their mesh points (z kept); the iris points
-  become 468..472 (left) and 473..477 (right) with z = the mean z of the first 16 points of that eye's contour.
+  become 468..472 (right) and 473..477 (left) with z = the mean z of the first 16 points of that eye's contour.
 
 "Left" is the person's left eye (points 263/362, image right when facing the camera), as in MediaPipe's
 ``face_mesh_connections.py``; the model file names its tensors from the viewer's side (``conv_left_eye`` refines
@@ -32,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from .layers import BlazeBlock, SameConv, block_stack
-from .mesh_ops import crop_features, map_landmarks, region_matrix
-from .topology import EYE_AVERAGE, LEFT_EYE, LEFT_IRIS, LIPS, RIGHT_EYE, RIGHT_IRIS
+from .mesh_ops import crop_features, map_landmarks, region_matrices
+from .topology import EYE_AVERAGE, LEFT_EYE, LEFT_IRIS, LIPS, NUM_LANDMARKS, RIGHT_EYE, RIGHT_IRIS
 
 
 def _widen(c_in: int, c_out: int, repeats: int) -> list[tuple[int, int, int]]:
@@ -106,12 +108,36 @@ def output_key(region: str, head: str) -> str:
     return region if head in ("lips", "contour") else region.replace("eye", "iris")
 
 
-class _Regions(nn.Module):
-    """All attention regions at once: the R trunks run as channel groups, then the H heads (a trunk feeds each of
-    its region's heads) as channel groups, then one output convolution per head.
+REFINED = (("lips", LIPS), ("right_eye", RIGHT_EYE), ("left_eye", LEFT_EYE), ("right_iris", RIGHT_IRIS),
+           ("left_iris", LEFT_IRIS))  # head outputs -> the landmarks whose x, y they replace, in refinement order
+IRIS_DEPTH = (("right_iris", RIGHT_EYE), ("left_iris", LEFT_EYE))  # iris z: mean z of its eye's first points
 
-    [B,32,48,48] features and the coarse mesh [B,468,3] (feature pixels) -> ({output key: [B,P,2]} in crop units,
-    crop matrices [B,R,2,3])."""
+
+def refine_index(config: "FaceMeshConfig") -> list[int]:
+    """The refinement as one gather: index into [mesh (N*3) | head points (H*P*2, heads in :func:`head_names` order,
+    P the largest head) | iris depths (2, :data:`IRIS_DEPTH` order)] of each value of the refined [N+10, 3]."""
+    heads = [output_key(r, h) for r, h, _ in head_names(config)]
+    width = max(p for _, _, p in head_names(config))
+    start = config.num_mesh * 3
+    index = list(range(start)) + [-1] * (NUM_LANDMARKS * 3 - start)  # mesh points as they are
+    for key, points in REFINED:
+        for j, point in enumerate(points):
+            for k in (0, 1):
+                index[point * 3 + k] = start + (heads.index(key) * width + j) * 2 + k
+    for d, (key, _) in enumerate(IRIS_DEPTH):
+        for point in dict(REFINED)[key]:
+            index[point * 3 + 2] = start + len(heads) * width * 2 + d
+    if -1 in index:
+        raise ValueError(f"the refinement leaves landmark {index.index(-1) // 3} unset")
+    return index
+
+
+class _Regions(nn.Module):
+    """All attention regions at once: the R crop matrices in one batch, the R trunks as channel groups, then the H
+    heads (a trunk feeds each of its region's heads) as channel groups, then the output convolution of each head.
+
+    [B,32,48,48] features and the coarse mesh [B,468,3] (feature pixels) -> (head points [B,H,P,2] in crop units,
+    P the largest head's count; a head of fewer points fills the first rows), crop matrices [B,R,2,3])."""
 
     def __init__(self, c: "FaceMeshConfig", device=None, dtype=None, operations=nn):
         super().__init__()
@@ -123,36 +149,49 @@ class _Regions(nn.Module):
         self.head_neck = _Neck(c.head[-1][1], c.neck_channels, device, dtype, operations, groups=h)
         self.out = nn.ModuleDict({output_key(rn, hn): operations.Conv2d(c.neck_channels, p * 2, 2, device=device,
                                                                         dtype=dtype) for rn, hn, p in heads})
+        self.points = max(p for _, _, p in heads)
         names = [x.name for x in c.regions]
+        width = max(len(x.subset) for x in c.regions)
         # index tensors as buffers, not tensors made in forward: a trace would keep those as constants for good
         self.register_buffer("source", torch.tensor([names.index(rn) for rn, _, _ in heads], device=device),
                              persistent=False)  # trunk feeding each head: [H]
-        for i, region in enumerate(c.regions):
-            self.register_buffer(f"subset_{i}", torch.tensor(region.subset, device=device), persistent=False)  # [n]
+        self.register_buffer("subsets", torch.tensor([x.subset + x.subset[:1] * (width - len(x.subset))
+                                                      for x in c.regions], device=device),
+                             persistent=False)  # [R,L], short regions padded with a repeated point
+        self.register_buffer("ends", torch.tensor([[x.left, x.right] for x in c.regions], device=device),
+                             persistent=False)  # [R,2]
 
-    def forward(self, features: torch.Tensor, coarse: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def forward(self, features: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         b, ch = features.shape[:2]
         size = (c.crop, c.crop)
-        scale = (c.crop_scale, c.crop_scale)
-        mats = torch.stack([region_matrix(coarse, getattr(self, f"subset_{i}"), r.left, r.right, size, scale)
-                            for i, r in enumerate(c.regions)], 1)  # [B,R,2,3]
-        nr = mats.shape[1]
+        mats = region_matrices(coarse, self.subsets, self.ends, size, (c.crop_scale, c.crop_scale))  # [B,R,2,3]
+        nr, nh = mats.shape[1], self.source.shape[0]
         crops = crop_features(features, mats, size)  # [B,C,R,o,o]
         crops = crops.transpose(1, 2).reshape(b, nr * ch, *size)  # [B,C,R,o,o] -> [B,R,C,o,o] -> [B,R*C,o,o]
         t = self.trunk(crops)  # [B,R*128,4,4]
         t = t.view(b, nr, -1, *t.shape[2:])  # [B,R,128,4,4]
         x = t.index_select(1, self.source).flatten(1, 2)  # each head's trunk: [B,H,128,4,4] -> [B,H*128,4,4]
         x = self.head_neck(self.head_blocks(x))  # [B,H*32,2,2]
-        x = x.view(b, len(self.source), -1, *x.shape[2:])  # [B,H,32,2,2]
-        out = {key: conv(x[:, i]).view(b, -1, 2) for i, (key, conv) in enumerate(self.out.items())}  # [B,2P] -> [B,P,2]
-        return out, mats
+        return self._outputs(x, nh).view(b, nh, self.points, 2), mats  # [B,H*2P] -> [B,H,P,2]
+
+    def _outputs(self, x: torch.Tensor, nh: int) -> torch.Tensor:
+        """Each head's output convolution, its 2 x points values padded to 2P: [B,H*32,2,2] -> [B,H*2P]."""
+        width = 2 * self.points
+        convs = list(self.out.values())
+        if torch.jit.is_tracing():  # one grouped convolution of the zero-padded kernels (constants once frozen)
+            weight = torch.cat([F.pad(v.weight, (0, 0, 0, 0, 0, 0, 0, width - v.out_channels)) for v in convs])
+            bias = torch.cat([F.pad(v.bias, (0, width - v.out_channels)) for v in convs])  # [H*2P]
+            return F.conv2d(x, weight, bias, groups=nh).flatten(1)  # [B,H*2P,1,1] -> [B,H*2P]
+        x = x.view(x.shape[0], nh, -1, *x.shape[2:])  # [B,H*32,2,2] -> [B,H,32,2,2]
+        return torch.cat([F.pad(conv(x[:, i]).flatten(1), (0, width - conv.out_channels))  # [B,2p] -> [B,2P]
+                          for i, conv in enumerate(convs)], 1)
 
 
 class FaceMesh(nn.Module):
     """[B,3,192,192] in 0..1 -> dict of MediaPipe's raw outputs: ``mesh`` [B,468,3], ``presence`` logit [B], and per
     region head ``lips`` [B,80,2], ``right_eye`` / ``left_eye`` [B,71,2], ``right_iris`` / ``left_iris`` [B,5,2]
-    (all in 192-pixel units)."""
+    (all in 192-pixel units); and ``landmarks`` [B,478,3], their refinement (as :func:`refine`, one gather)."""
 
     def __init__(self, config: FaceMeshConfig = FaceMeshConfig(), device=None, dtype=None, operations=nn):
         super().__init__()
@@ -164,7 +203,10 @@ class FaceMesh(nn.Module):
         self.mesh_head = operations.Conv2d(c.neck_channels, c.num_mesh * 3, 3, device=device, dtype=dtype)
         self.presence_head = operations.Conv2d(c.neck_channels, 1, 3, device=device, dtype=dtype)
         self.regions = _Regions(c, device, dtype, operations)
-        self._heads = head_names(c)
+        self._heads = [(output_key(r, h), p) for r, h, p in head_names(c)]
+        self.register_buffer("refine_index", torch.tensor(refine_index(c), device=device), persistent=False)  # [478*3]
+        self.register_buffer("iris_depth", torch.tensor([eye[:EYE_AVERAGE] for _, eye in IRIS_DEPTH], device=device),
+                             persistent=False)  # [2,16] eye points whose mean z each iris takes
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
@@ -179,13 +221,14 @@ class FaceMesh(nn.Module):
         mesh = self.mesh_head(x).view(b, c.num_mesh, 3)  # [B,1404,1,1] -> [B,468,3]
         out = {"mesh": mesh, "presence": self.presence_head(x).view(b)}  # [B,1,1,1] -> [B]
         points, mats = self.regions(features, mesh * c.feature_scale)  # coarse mesh in 48x48 feature pixels
-        back = 1.0 / c.feature_scale
-        names = [r.name for r in c.regions]
-        for region, head, _ in self._heads:
-            m = mats[:, names.index(region)]
-            m192 = torch.cat([m[:, :, :2], m[:, :, 2:] * back], 2)  # translation to 192 pixels: [B,2,3]
-            key = output_key(region, head)
-            out[key] = map_landmarks(points[key], m192)
+        m = mats.index_select(1, self.regions.source)  # each head's region: [B,H,2,3]
+        m192 = torch.cat([m[..., :2], m[..., 2:] * (1.0 / c.feature_scale)], 3)  # translation to 192 pixels
+        mapped = map_landmarks(points, m192)  # [B,H,P,2]
+        for i, (key, p) in enumerate(self._heads):
+            out[key] = mapped[:, i, :p]  # [B,p,2]
+        depth = mesh[..., 2].index_select(1, self.iris_depth.flatten()).view(b, 2, -1).mean(2)  # [B,2*16] -> [B,2]
+        values = torch.cat([mesh.flatten(1), mapped.flatten(1), depth], 1)  # [B,N*3 + H*P*2 + 2]
+        out["landmarks"] = values.index_select(1, self.refine_index).view(b, -1, 3)  # refined: [B,478,3]
         return out
 
 

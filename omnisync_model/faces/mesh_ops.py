@@ -24,27 +24,37 @@ import torch.nn.functional as F
 
 
 def _rotation(r: torch.Tensor) -> torch.Tensor:
-    """[B] angles -> [B,2,2] rotation matrices [[cos, -sin], [sin, cos]]."""
+    """[...] angles -> [...,2,2] rotation matrices [[cos, -sin], [sin, cos]]."""
     c, s = torch.cos(r), torch.sin(r)
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def region_matrices(landmarks: torch.Tensor, subsets: torch.Tensor, ends: torch.Tensor, out_hw: tuple[int, int],
+                    scale: tuple[float, float], target: float = 0.0) -> torch.Tensor:
+    """Crop matrices [B,R,2,3] of R regions of ``landmarks`` [B,N,>=2] at once: region i is given by the indices
+    ``subsets[i]`` [L] (shorter regions padded by repeating an index: the box is the same) and its rotation by the
+    points ``ends[i]`` = (left, right)."""
+    lm = landmarks[..., :2].float()  # [B,N,2]
+    b, (r, n) = lm.shape[0], subsets.shape
+    ends_xy = lm[:, ends.flatten()].view(b, r, 2, 2)  # [B,R*2,2] -> [B,R,(left, right),2]
+    d = ends_xy[:, :, 1] - ends_xy[:, :, 0]  # [B,R,2]
+    rot = _rotation(target - torch.atan2(d[..., 1], d[..., 0]))  # [B,R,2,2]
+    pts = lm[:, subsets.flatten()].view(b, r, n, 2) @ rot.transpose(2, 3)  # region points rotated: [B,R,L,2]
+    lo, hi = pts.amin(2), pts.amax(2)  # [B,R,2]
+    size = hi - lo
+    centre = (((lo + hi) / 2)[:, :, None] @ rot)[:, :, 0]  # rotated back (row vector times R = R^T v): [B,R,2]
+    oh, ow = out_hw
+    step = torch.stack([size[..., 0] * (scale[0] / ow), size[..., 1] * (scale[1] / oh)], -1)  # (sx, sy): [B,R,2]
+    linear = rot.transpose(2, 3) * step[:, :, None, :]  # R(-r) diag(sx, sy): [B,R,2,2]
+    shift = centre - linear[..., 0] * (ow / 2.0) - linear[..., 1] * (oh / 2.0)  # centre - linear (ow/2, oh/2)
+    return torch.cat([linear, shift[..., None]], 3)  # [B,R,2,3]
 
 
 def region_matrix(landmarks: torch.Tensor, subset: torch.Tensor, left: int, right: int, out_hw: tuple[int, int],
                   scale: tuple[float, float], target: float = 0.0) -> torch.Tensor:
     """Crop matrix [B,2,3] for the region of ``landmarks`` [B,N,>=2] given by the indices ``subset`` [n]."""
-    lm = landmarks[..., :2].float()
-    d = lm[:, right] - lm[:, left]  # [B,2]
-    r = target - torch.atan2(d[:, 1], d[:, 0])  # [B]
-    rot = _rotation(r)  # [B,2,2]
-    pts = torch.einsum("bij,bnj->bni", rot, lm[:, subset])  # region landmarks rotated by r: [B,n,2]
-    lo, hi = pts.amin(1), pts.amax(1)  # [B,2]
-    size = hi - lo
-    centre = torch.einsum("bji,bj->bi", rot, (lo + hi) / 2)  # rotated back by -r (R(-r) = R(r)^T): [B,2]
-    oh, ow = out_hw
-    step = torch.stack([size[:, 0] * (scale[0] / ow), size[:, 1] * (scale[1] / oh)], 1)  # [B,2] (sx, sy)
-    linear = rot.transpose(1, 2) * step[:, None, :]  # R(-r) diag(sx, sy): [B,2,2]
-    shift = centre - linear[:, :, 0] * (ow / 2.0) - linear[:, :, 1] * (oh / 2.0)  # centre - linear (ow/2, oh/2): [B,2]
-    return torch.cat([linear, shift[:, :, None]], 2)  # [B,2,3]
+    ends = torch.tensor([[left, right]], device=landmarks.device)  # [1,2]
+    return region_matrices(landmarks, subset[None], ends, out_hw, scale, target)[:, 0]
 
 
 def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
@@ -67,6 +77,6 @@ def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[in
 
 
 def map_landmarks(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """[B,N,2] through the affine ``matrix`` [B,2,3] -> [B,N,2]."""
-    linear = matrix[:, :, :2].transpose(1, 2).to(points.dtype)  # [B,2,2] transposed for row vectors
-    return points @ linear + matrix[:, None, :, 2].to(points.dtype)
+    """[...,N,2] through the affine ``matrix`` [...,2,3] (one per leading index) -> [...,N,2]."""
+    linear = matrix[..., :2].transpose(-1, -2).to(points.dtype)  # [...,2,2] transposed for row vectors
+    return points @ linear + matrix[..., None, :, 2].to(points.dtype)

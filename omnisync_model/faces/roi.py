@@ -14,6 +14,11 @@ Facts (MediaPipe's ``image_to_tensor_utils.cc``, ``image_to_tensor_converter_ope
   (in pixels), the longer side of the box (in pixels) times 1.5 as a square.
 - ROI from landmarks: the same from the box of all landmarks and the rotation from point 33 to point 263.
 
+Sampling (:func:`sample`) runs grid_sample on a float copy of the region the samples read, whose sides are powers of
+two: then every coordinate the kernel computes is exact (positions are multiples of 1/32), so are the weights and the
+sums of 8-bit pixels, and the result equals OpenCV's fixed-point warp bit for bit (as the per-pixel gather, kept for
+regions over ``CANVAS_LIMIT`` pixels, does).
+
 Shape legend
   B  ROIs / frames      N  points      H, W, C  image size      n  tensor side
   ROIs are (cx, cy, w, h, t) [B,5] in pixels and radians; matrices [B,2,3] map tensor pixels to image pixels.
@@ -22,14 +27,17 @@ Shape legend
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .topology import ROTATION_POINTS
 
 ROI_SCALE = 1.5
 TAB_BITS = 5
 TAB = 1 << TAB_BITS  # OpenCV's bilinear table: sample positions in 1/32 pixel
+CANVAS_LIMIT = 1 << 20  # pixels of float region per sampling; larger regions are gathered from the 8-bit image
 
 
 def normalize_radians(a: torch.Tensor) -> torch.Tensor:
@@ -59,9 +67,71 @@ def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> to
     ``matrix`` [2,3] -> [n,n,C] float32, with a zero (``"zero"``) or replicated (``"replicate"``) border.
 
     As OpenCV's 8-bit warp, sample positions are rounded to 1/32 pixel (its interpolation table), which makes the
-    weights exact. Only the sampled pixels are read (no full-frame float copy)."""
+    weights exact. Only the region the samples read is converted to float (:func:`_canvas`); a region larger than
+    ``CANVAS_LIMIT`` pixels (a letterboxed whole frame) is read pixel by pixel instead (:func:`_gather`). Both forms
+    give the same values, bit for bit, on 8-bit images."""
+    bands = sample_bands(image, matrix, n, border)  # [P,C,n/P,n]
+    return bands.transpose(0, 1).reshape(-1, n, n).permute(1, 2, 0)  # [C,P,n/P,n] -> [C,n,n] -> [n,n,C]
+
+
+def sample_bands(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> torch.Tensor:
+    """:func:`sample` as it comes from the sampling kernel, P bands of rows sampled in parallel: [P,C,n/P,n]
+    (band p holds tensor rows p n/P ..; P = 1 when read by :func:`_gather`)."""
+    q = _positions(matrix, n, image.device)  # [n,n,2]
+    canvas = _canvas(image, q, border)
+    if canvas is None:
+        q = q.clamp_(-2.0 ** 40, 2.0 ** 40).long().view(-1, 2)  # [n,n,2] -> [n*n,2] (far-off positions bounded)
+        return _gather(image, q[:, 0], q[:, 1], n, border).permute(2, 0, 1)[None]  # [n,n,C] -> [1,C,n,n]
+    pixels, origin, side = canvas
+    # canvas coordinates normalised for align_corners=False, g = (2 (q / 32 - origin) + 1) / side - 1 = q d + b:
+    # exact here, as is the kernel's x = (g + 1) side / 2 - 1/2 (sides are powers of two, q integers)
+    d = [2.0 / (TAB * k) for k in side]
+    b = [(TAB // 2 - TAB * o) * dk - 1.0 for o, dk in zip(origin, d)]
+    parts = _parts(n)  # the kernel parallelises over the batch only
+    grid = torch.empty(parts, n // parts, n, 2, device=q.device)  # float32 [P,n/P,n,2]
+    torch.addcmul(q.new_tensor(b), q, q.new_tensor(d), out=grid.view(n, n, 2))  # exact in float64, then cast
+    return F.grid_sample(pixels.expand(parts, -1, -1, -1), grid, mode="bilinear",
+                         padding_mode="zeros" if border == "zero" else "border", align_corners=False)  # [P,C,n/P,n]
+
+
+def _parts(n: int) -> int:
+    """The largest divisor of ``n`` up to the number of torch threads."""
+    return max(k for k in range(1, min(torch.get_num_threads(), n) + 1) if n % k == 0)
+
+
+def _canvas(image: torch.Tensor, q: torch.Tensor,
+            border: str) -> Optional[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]]:
+    """The image region that samples at ``q`` [n,n,2] (1/32 pixel) read, as float32 [1,C,h,w] with power-of-two
+    sides, its origin (x, y) and sides (w, h); None when it would exceed ``CANVAS_LIMIT`` pixels.
+
+    Power-of-two sides make grid_sample's coordinate arithmetic exact (positions are multiples of 1/32). The region
+    covers every pixel a sample reads; where samples reach past an image edge the region ends at that edge (so the
+    kernel's border, clamped or zero, is the image's), and a region wider than the image is the image padded at
+    the far end (replicated or zero)."""
+    hgt, wid, _ = image.shape
+    step = max(q.shape[0] - 1, 1)
+    corners = q[::step, ::step].reshape(-1, 2).tolist()  # positions are monotonic in u and v: the extremes
+    origin, side = [], []
+    for first, last, size in zip(map(min, *corners), map(max, *corners), (wid, hgt)):
+        first, last = math.floor(first / TAB), math.floor(last / TAB) + 1  # pixels read
+        a, b = min(max(first, 0), size - 1), min(max(last, 0), size - 1)  # the image's pixels among them
+        side.append(1 << (b - a).bit_length())  # power of two >= b - a + 1
+        origin.append(max(0, min(a, size - side[-1])))
+    (ox, oy), (sw, sh) = origin, side
+    if sw * sh > CANVAS_LIMIT:
+        return None
+    region = image[oy:oy + sh, ox:ox + sw]  # [h,w,C] view (shorter than the side only at the image's far edge)
+    pixels = region.permute(2, 0, 1)[None].float()  # [h,w,C] -> [1,C,h,w] (float copy in the region's layout)
+    short_y, short_x = sh - region.shape[0], sw - region.shape[1]
+    if short_x or short_y:
+        pixels = F.pad(pixels, (0, short_x, 0, short_y), mode="constant" if border == "zero" else "replicate")
+    return pixels, (ox, oy), (sw, sh)
+
+
+def _gather(image: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, n: int, border: str) -> torch.Tensor:
+    """:func:`sample` by reading each sample's four pixels from the 8-bit image (no float copy of a region);
+    ``qx``, ``qy`` [n*n] int64 positions in 1/32 pixel."""
     hgt, wid, ch = image.shape
-    qx, qy = _positions(matrix, n, image.device)
     table, row_step = pixel_table(image)  # pixel (y, x) is table[y * row_step + x]
     y0, fy = qy >> TAB_BITS, qy & (TAB - 1)  # floor division by 32 (arithmetic shift) and the remainder, [n*n]
     ya, yb = y0.clamp(0, hgt - 1).mul_(row_step), (y0 + 1).clamp(0, hgt - 1).mul_(row_step)  # row offsets
@@ -81,16 +151,14 @@ def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> to
     return torch.bmm(w.view(-1, 1, 4), vals).view(n, n, ch)  # [n*n,1,4] @ [n*n,4,C] -> [n,n,C]
 
 
-def _positions(matrix: torch.Tensor, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame positions of the tensor pixels (u, v) in 1/32 pixel, rounded: x and y [n*n] int64 (row-major v, u)."""
-    g = torch.arange(n, device=device, dtype=torch.float64)
+def _positions(matrix: torch.Tensor, n: int, device) -> torch.Tensor:
+    """Image positions (x, y) of the tensor pixels (u, v) in 1/32 pixel, rounded: [n,n,2] float64 holding integers
+    (row v, column u)."""
+    g = torch.arange(n, device=device, dtype=torch.float64)[:, None]  # [n,1]
     m = torch.nan_to_num(matrix.to(device, torch.float64), nan=0.0, posinf=0.0, neginf=0.0) * TAB  # NaN ROIs: border
-    lim = 2.0 ** 40
-    out = []
-    for row in (m[0], m[1]):
-        q = (row[0] * g)[None, :] + (row[1] * g + row[2])[:, None]  # [n,n] position of tensor pixel (u, v)
-        out.append(q.round_().clamp_(-lim, lim).long().view(-1))  # [n,n] -> [n*n]
-    return out[0], out[1]
+    across = g * m[:, 0]  # u M[:,0]: [n,2]
+    down = g * m[:, 1] + m[:, 2]  # v M[:,1] + M[:,2]: [n,2]
+    return (across[None] + down[:, None]).round_()  # [1,n,2] + [n,1,2] -> [n,n,2]
 
 
 def _sample_pairs(table: torch.Tensor, wid: int, qx: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor,
@@ -129,11 +197,11 @@ def pixel_table(image: torch.Tensor) -> tuple[torch.Tensor, int]:
     return image.contiguous().reshape(hgt * wid, ch), wid
 
 
-def project(points: torch.Tensor, rois: torch.Tensor, n: int) -> torch.Tensor:
-    """Tensor-pixel points [B,N,>=2] -> image pixels through each ROI; a third coordinate (depth, tensor pixels)
-    is scaled like x (by w / n)."""
-    m = roi_matrix(rois, n)  # [B,2,3]
-    xy = points[..., :2].float() @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]  # [B,N,2]
+def project(points: torch.Tensor, rois: torch.Tensor, n: int, matrix: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Tensor-pixel points [B,N,>=2] -> image pixels through each ROI (``matrix``: its :func:`roi_matrix`, when at
+    hand); a third coordinate (depth, tensor pixels) is scaled like x (by w / n)."""
+    m = roi_matrix(rois, n) if matrix is None else matrix  # [B,2,3]
+    xy = torch.baddbmm(m[:, None, :, 2], points[..., :2].float(), m[:, :, :2].transpose(1, 2))  # [B,N,2]
     if points.shape[-1] < 3:
         return xy
     z = points[..., 2:3].float() * (rois[:, 2] / n)[:, None, None]
@@ -159,8 +227,17 @@ def rois_from_detections(boxes: torch.Tensor, keypoints: torch.Tensor) -> torch.
 
 
 def rois_from_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
-    """Landmarks [B,N,>=2] in image pixels -> the next frame's face ROIs [B,5]."""
-    lo, hi = landmarks[..., :2].amin(1), landmarks[..., :2].amax(1)  # [B,2]
+    """Landmarks [B,N,>=2] in image pixels -> the next frame's face ROIs [B,5] (a few numbers per face: computed in
+    Python floats)."""
+    lo, hi = landmarks[..., :2].aminmax(dim=1)  # [B,2] each
     a, b = ROTATION_POINTS
-    return _square_roi((lo[:, 0] + hi[:, 0]) / 2, (lo[:, 1] + hi[:, 1]) / 2, hi[:, 0] - lo[:, 0],
-                       hi[:, 1] - lo[:, 1], _rotation(landmarks[:, a, :2], landmarks[:, b, :2]))
+    rows = torch.cat([lo, hi, landmarks[:, a, :2], landmarks[:, b, :2]], 1).tolist()  # [B,8]
+    out = []
+    for x0, y0, x1, y1, ax, ay, bx, by in rows:
+        w, h = x1 - x0, y1 - y0
+        side = (max(w, h) if w == w and h == h else math.nan) * ROI_SCALE  # NaN stays NaN, as in torch.maximum
+        t = -math.atan2(-(by - ay), bx - ax)
+        t = t - 2 * math.pi * math.floor((t + math.pi) / (2 * math.pi)) if math.isfinite(t) else math.nan
+        out.append([(x0 + x1) / 2, (y0 + y1) / 2, side, side, t])
+    dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
+    return torch.tensor(out, dtype=dtype, device=landmarks.device).view(-1, 5)  # [B,5]

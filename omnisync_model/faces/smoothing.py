@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .topology import FACE_OVAL, LIPS, RIGID
+from .topology import FACE_OVAL, LIPS, NUM_LANDMARKS, RIGID
 
 # Lips and the lower face outline (the jaw moves with speech): light smoothing.
 MOUTH_REGION = tuple(sorted(set(LIPS) | set(FACE_OVAL[11:26])))
@@ -51,18 +51,18 @@ class OneEuro:
         self.value = self.raw = self.speed = None  # last output, last input, smoothed speed (same type as input)
 
     def _alpha(self, cutoff):
-        tau = 1.0 / (2 * math.pi * cutoff)
-        return 1.0 / (1.0 + tau * self.fps)
+        """Smoothing factor 1 / (1 + tau fps) with tau = 1 / (2 pi cutoff)."""
+        c = cutoff * (2 * math.pi)
+        return c / (c + self.fps)
 
     def __call__(self, x, scale: float):
         if self.value is None:
             self.value, self.raw, self.speed = _copy(x), _copy(x), x * 0
             return _copy(x)
         speed = (x - self.raw) * (self.fps / max(scale, 1e-6))  # scale units per second
-        a = self._alpha(self.d_cutoff)
-        self.speed = a * speed + (1 - a) * self.speed
+        self.speed = self.speed + self._alpha(self.d_cutoff) * (speed - self.speed)
         alpha = self._alpha(self.min_cutoff + self.beta * abs(self.speed))
-        self.value = alpha * x + (1 - alpha) * self.value
+        self.value = self.value + alpha * (x - self.value)
         self.raw = _copy(x)
         return _copy(self.value)
 
@@ -88,8 +88,7 @@ def similarity_fit(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 
 def face_size(points) -> float:
     """Mean of the width and height of the points' box (MediaPipe's object scale); [P,>=2] tensor or array."""
-    xy = np.asarray(points)[:, :2]
-    return float((xy.max(0) - xy.min(0)).mean())
+    return float(np.ptp(np.asarray(points)[:, :2], axis=0).mean())
 
 
 @dataclass(frozen=True)
@@ -108,40 +107,49 @@ class SmoothingOptions:
 
 
 class LandmarkSmoother:
-    """Online pose + shape smoothing of [P,3] landmarks; ``reset`` when the track is lost."""
+    """Online pose + shape smoothing of [P,3] landmarks; ``reset`` when the track is lost.
+
+    The 2D similarities are complex numbers (``k x + t`` with x = x + iy), which keeps a frame's algebra to a few
+    numpy calls; the shape filter holds the mouth region's settings per point."""
 
     def __init__(self, fps: float, options: SmoothingOptions = SmoothingOptions()):
         o = options
         self.pose = OneEuro(fps, *o.pose, o.d_cutoff)
-        self.shape = OneEuro(fps, *o.shape, o.d_cutoff)
-        self.mouth = OneEuro(fps, *o.mouth, o.d_cutoff)
-        self._mouth = np.array(MOUTH_REGION)
+        mouth = np.zeros((NUM_LANDMARKS, 1), bool)
+        mouth[list(MOUTH_REGION)] = True
+        self.shape = OneEuro(fps, np.where(mouth, o.mouth[0], o.shape[0]), np.where(mouth, o.mouth[1], o.shape[1]),
+                             o.d_cutoff)  # per point [P,1]: the mouth region's settings or the rest's
         self._rigid = np.array(RIGID)
         self.reset()
 
     def reset(self) -> None:
-        self.reference: Optional[np.ndarray] = None  # rigid points of the first frame [N,2], float64
-        for f in (self.pose, self.shape, self.mouth):
-            f.reset()
+        self.reference: Optional[np.ndarray] = None  # centred rigid points of the first frame [N] complex
+        self.centre = 0j  # their centroid (the head frame's origin)
+        self.pose.reset()
+        self.shape.reset()
 
     def __call__(self, landmarks: torch.Tensor) -> torch.Tensor:
-        """[P,3] landmarks (frame pixels) -> smoothed [P,3]; the small 2x3 algebra runs in numpy float64."""
-        lm = landmarks.detach().cpu().double().numpy()
+        """[P,3] landmarks (frame pixels) -> smoothed [P,3]; the small algebra runs in numpy float64."""
+        lm = landmarks.detach().cpu().numpy().astype(np.float64)  # [P,3], our own copy
+        frame_size = face_size(lm)
+        xy = np.ascontiguousarray(lm[:, :2]).view(np.complex128)[:, 0]  # [P,2] -> [P] complex
+        rigid = xy[self._rigid]
+        src = rigid.mean()
         if self.reference is None:
-            self.reference = lm[self._rigid, :2].copy()
-        centre = self.reference.mean(0)
-        m = _similarity(lm[self._rigid, :2], self.reference)  # frame -> head frame
-        inv = np.linalg.inv(m[:, :2])  # head frame -> frame: x = inv (h - centre) + t
-        t = inv @ (centre - m[:, 2])
-        scale = math.sqrt(max(float(np.linalg.det(m[:, :2])), 1e-12))
-        shape = np.concatenate([lm[:, :2] @ m[:, :2].T + m[:, 2], lm[:, 2:] * scale], 1).astype(np.float32)  # [P,3]
-        size = face_size(shape)
-        smooth = self.shape(shape, size)
-        smooth[self._mouth] = self.mouth(shape[self._mouth], size)
-        pose = np.array([inv[0, 0] * size, inv[1, 0] * size, t[0], t[1]], np.float32)  # pixels
-        p = self.pose(pose, face_size(lm)).astype(np.float64)
-        a, c = p[0] / size, p[1] / size
-        lin = np.array([[a, -c], [c, a]])  # smoothed head -> frame rotation-scale
-        xy = (smooth[:, :2].astype(np.float64) - centre) @ lin.T + p[2:]
-        z = smooth[:, 2:].astype(np.float64) * math.sqrt(max(float(np.linalg.det(lin)), 1e-12))
-        return torch.from_numpy(np.concatenate([xy, z], 1)).to(landmarks.dtype)
+            self.centre = src
+            self.reference = rigid - src
+        a = rigid - src
+        k = np.vdot(a, self.reference) / max(np.vdot(a, a).real, 1e-12)  # least-squares frame -> head similarity
+        lm[:, 0:2] = (k * (xy - src) + self.centre).view(np.float64).reshape(-1, 2)  # shape in the head frame
+        lm[:, 2] *= abs(k)  # [P,3]
+        size = face_size(lm)
+        smooth = self.shape(lm, size)
+        inv = 1 / k  # head -> frame: x = inv (h - centre) + src
+        pose = np.array([inv.real * size, inv.imag * size, src.real, src.imag])  # pixels
+        p = self.pose(pose, frame_size)
+        lin = complex(p[0], p[1]) / size  # smoothed head -> frame rotation-scale
+        back = np.ascontiguousarray(smooth[:, :2]).view(np.complex128)[:, 0] - self.centre  # [P] complex
+        out = np.empty_like(smooth)
+        out[:, 0:2] = (lin * back + complex(p[2], p[3])).view(np.float64).reshape(-1, 2)
+        out[:, 2] = smooth[:, 2] * abs(lin)
+        return torch.from_numpy(out).to(landmarks.dtype)

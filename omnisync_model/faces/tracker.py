@@ -116,7 +116,7 @@ class FaceTracker:
             self.filter.reset()
             return FrameResult(None, presence, detected)
         self.roi = R.rois_from_landmarks(landmarks[None])
-        lo, hi = landmarks[:, :2].amin(0), landmarks[:, :2].amax(0)
+        lo, hi = landmarks[:, :2].aminmax(dim=0)
         self.last_box, self.missing = torch.cat([lo, hi]), 0
         if self.options.smooth:
             landmarks = self.filter(landmarks)
