@@ -23,6 +23,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``; no op at all when it already is (a trace then records none)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _rotation(r: torch.Tensor) -> torch.Tensor:
     """[...] angles -> [...,2,2] rotation matrices [[cos, -sin], [sin, cos]]."""
     c, s = torch.cos(r), torch.sin(r)
@@ -34,7 +39,7 @@ def region_matrices(landmarks: torch.Tensor, subsets: torch.Tensor, ends: torch.
     """Crop matrices [B,R,2,3] of R regions of ``landmarks`` [B,N,>=2] at once: region i is given by the indices
     ``subsets[i]`` [L] (shorter regions padded by repeating an index: the box is the same) and its rotation by the
     points ``ends[i]`` = (left, right)."""
-    lm = landmarks[..., :2].float()  # [B,N,2]
+    lm = _as(landmarks[..., :2], torch.float32)  # [B,N,2]
     b, (r, n) = lm.shape[0], subsets.shape
     ends_xy = lm[:, ends.flatten()].view(b, r, 2, 2)  # [B,R*2,2] -> [B,R,(left, right),2]
     d = ends_xy[:, :, 1] - ends_xy[:, :, 0]  # [B,R,2]
@@ -62,7 +67,7 @@ def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[in
     map, [B,R,2,3] -> [B,C,R,o,o] (one sampling call: the R crops are stacked along the height)."""
     b, _, h, w = features.shape
     oh, ow = out_hw
-    m = matrix.float().reshape(b, -1, 2, 3)  # [B,R,2,3] (R = 1 for a [B,2,3] matrix)
+    m = _as(matrix, torch.float32).reshape(b, -1, 2, 3)  # [B,R,2,3] (R = 1 for a [B,2,3] matrix)
     r = m.shape[1]
     ys, xs = torch.meshgrid(torch.arange(oh, device=features.device, dtype=torch.float32) + 0.5,
                             torch.arange(ow, device=features.device, dtype=torch.float32) + 0.5, indexing="ij")
@@ -70,13 +75,13 @@ def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[in
     pos = grid @ m.transpose(2, 3) - 0.5  # feature pixel coordinates: [B,R,o*o,2]
     inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= w - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= h - 1))  # [B,R,o*o]
     norm = torch.stack([pos[..., 0] / max(w - 1, 1), pos[..., 1] / max(h - 1, 1)], -1) * 2 - 1  # align_corners=True
-    grid = norm.view(b, r * oh, ow, 2).to(features.dtype)  # [B,R,o*o,2] -> [B,R*o,o,2]
+    grid = _as(norm.view(b, r * oh, ow, 2), features.dtype)  # [B,R,o*o,2] -> [B,R*o,o,2]
     out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # [B,C,R*o,o]
-    out = out.view(b, -1, r, oh, ow) * inside.view(b, 1, r, oh, ow).to(out.dtype)  # [B,C,R*o,o] -> [B,C,R,o,o]
+    out = out.view(b, -1, r, oh, ow) * inside.view(b, 1, r, oh, ow)  # [B,C,R*o,o] -> [B,C,R,o,o] (bool promotes)
     return out if matrix.dim() == 4 else out[:, :, 0]  # [B,C,o,o] for one matrix per map
 
 
 def map_landmarks(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """[...,N,2] through the affine ``matrix`` [...,2,3] (one per leading index) -> [...,N,2]."""
-    linear = matrix[..., :2].transpose(-1, -2).to(points.dtype)  # [...,2,2] transposed for row vectors
-    return points @ linear + matrix[..., None, :, 2].to(points.dtype)
+    m = _as(matrix, points.dtype)
+    return points @ m[..., :2].transpose(-1, -2) + m[..., None, :, 2]  # row vectors times the transposed linear part
