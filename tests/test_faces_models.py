@@ -199,10 +199,14 @@ def test_region_crop_matches_kernel_semantics():
     pts = torch.tensor([[[1.0, 2.0]]])
     assert torch.allclose(map_landmarks(pts, m), (m[0, :, :2] @ pts[0, 0] + m[0, :, 2])[None, None])
     shifted = m + torch.tensor([[[0.1, 0.0, -4.0], [0.0, -0.2, 1.0]]])
-    stacked = crop_features(feat, torch.stack([m, shifted], 1), (6, 6))  # [1,2,2,3] -> [1,C,2,6,6] in one call
-    assert stacked.shape == (1, 4, 2, 6, 6)
-    assert torch.equal(stacked[:, :, 0], crop_features(feat, m, (6, 6)))
-    assert torch.equal(stacked[:, :, 1], crop_features(feat, shifted, (6, 6)))
+    stacked = crop_features(feat, torch.stack([m, shifted], 1), (6, 6))  # [1,2,2,3] -> [1,2,C,6,6] in one call
+    assert stacked.shape == (1, 2, 4, 6, 6)
+    assert torch.equal(stacked[:, 0], crop_features(feat, m, (6, 6)))
+    assert torch.equal(stacked[:, 1], crop_features(feat, shifted, (6, 6)))
+    two = torch.cat([feat, feat.flip(2)])  # a batch of maps, each with its own crops
+    both = crop_features(two, torch.stack([torch.stack([m, shifted], 1)[0], torch.stack([shifted, m], 1)[0]]), (6, 6))
+    assert torch.equal(both[1, 0], crop_features(feat.flip(2), shifted, (6, 6))[0])
+    assert torch.equal(both[0], stacked[0])
 
 
 def test_region_matrix_geometry():

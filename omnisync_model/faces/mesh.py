@@ -167,8 +167,7 @@ class _Regions(nn.Module):
         size = (c.crop, c.crop)
         mats = region_matrices(coarse, self.subsets, self.ends, size, (c.crop_scale, c.crop_scale))  # [B,R,2,3]
         nr, nh = mats.shape[1], self.source.shape[0]
-        crops = crop_features(features, mats, size)  # [B,C,R,o,o]
-        crops = crops.transpose(1, 2).reshape(b, nr * ch, *size)  # [B,C,R,o,o] -> [B,R,C,o,o] -> [B,R*C,o,o]
+        crops = crop_features(features, mats, size).view(b, nr * ch, *size)  # [B,R,C,o,o] -> [B,R*C,o,o]
         t = self.trunk(crops)  # [B,R*128,4,4]
         t = t.view(b, nr, -1, *t.shape[2:])  # [B,R,128,4,4]
         x = t.index_select(1, self.source).flatten(1, 2)  # each head's trunk: [B,H,128,4,4] -> [B,H*128,4,4]
@@ -222,25 +221,29 @@ class FaceMesh(nn.Module):
         out = {"mesh": mesh, "presence": self.presence_head(x).view(b)}  # [B,1,1,1] -> [B]
         points, mats = self.regions(features, mesh * c.feature_scale)  # coarse mesh in 48x48 feature pixels
         m = mats.index_select(1, self.regions.source)  # each head's region: [B,H,2,3]
-        m192 = torch.cat([m[..., :2], m[..., 2:] * (1.0 / c.feature_scale)], 3)  # translation to 192 pixels
-        mapped = map_landmarks(points, m192)  # [B,H,P,2]
+        mapped = map_landmarks(points, m, 1.0 / c.feature_scale)  # translation to 192 pixels: [B,H,P,2]
         for i, (key, p) in enumerate(self._heads):
             out[key] = mapped[:, i, :p]  # [B,p,2]
         depth = mesh[..., 2].index_select(1, self.iris_depth.flatten()).view(b, 2, -1).mean(2)  # [B,2*16] -> [B,2]
-        values = torch.cat([mesh.flatten(1), mapped.flatten(1), depth], 1)  # [B,N*3 + H*P*2 + 2]
+        parts = (mesh.flatten(1), mapped.flatten(1), depth)
+        values = mesh.new_empty(b, sum(v.shape[1] for v in parts))  # [B,N*3 + H*P*2 + 2]
+        start = 0
+        for v in parts:  # filled slice by slice: oneDNN Graph would run a concatenation as a costly partition
+            values[:, start:start + v.shape[1]] = v
+            start += v.shape[1]
         out["landmarks"] = values.index_select(1, self.refine_index).view(b, -1, 3)  # refined: [B,478,3]
         return out
 
 
 def refine(raw: dict[str, torch.Tensor]) -> torch.Tensor:
-    """MediaPipe's landmark refinement of the raw outputs -> [B,478,3] (192-pixel units)."""
+    """MediaPipe's landmark refinement of the raw outputs -> [B,478,3] (192-pixel units); the plain form of the
+    network's ``landmarks`` output."""
     mesh = raw["mesh"].float()
     b = mesh.shape[0]
-    out = torch.cat([mesh, mesh.new_zeros(b, 10, 3)], 1)  # [B,478,3]
-    for key, index in (("lips", LIPS), ("right_eye", RIGHT_EYE), ("left_eye", LEFT_EYE)):
+    out = torch.cat([mesh, mesh.new_zeros(b, NUM_LANDMARKS - mesh.shape[1], 3)], 1)  # [B,478,3]
+    for key, index in REFINED:
         out[:, list(index), :2] = raw[key].float()
-    for key, index, eye in (("right_iris", RIGHT_IRIS, RIGHT_EYE), ("left_iris", LEFT_IRIS, LEFT_EYE)):
-        out[:, list(index), :2] = raw[key].float()
-        z = out[:, list(eye[:EYE_AVERAGE]), 2].mean(1, keepdim=True)  # [B,1]
-        out[:, list(index), 2] = z.expand(-1, len(index))
+    for key, eye in IRIS_DEPTH:
+        z = mesh[:, list(eye[:EYE_AVERAGE]), 2].mean(1, keepdim=True)  # [B,1]
+        out[:, list(dict(REFINED)[key]), 2] = z
     return out

@@ -38,21 +38,22 @@ def region_matrices(landmarks: torch.Tensor, subsets: torch.Tensor, ends: torch.
                     scale: tuple[float, float], target: float = 0.0) -> torch.Tensor:
     """Crop matrices [B,R,2,3] of R regions of ``landmarks`` [B,N,>=2] at once: region i is given by the indices
     ``subsets[i]`` [L] (shorter regions padded by repeating an index: the box is the same) and its rotation by the
-    points ``ends[i]`` = (left, right)."""
+    points ``ends[i]`` = (left, right). Written with einsum and stack, which oneDNN Graph leaves to torch (as its
+    own partitions, a 2x2 matmul or a concatenation costs 15-130 us)."""
     lm = _as(landmarks[..., :2], torch.float32)  # [B,N,2]
     b, (r, n) = lm.shape[0], subsets.shape
     ends_xy = lm[:, ends.flatten()].view(b, r, 2, 2)  # [B,R*2,2] -> [B,R,(left, right),2]
     d = ends_xy[:, :, 1] - ends_xy[:, :, 0]  # [B,R,2]
     rot = _rotation(target - torch.atan2(d[..., 1], d[..., 0]))  # [B,R,2,2]
-    pts = lm[:, subsets.flatten()].view(b, r, n, 2) @ rot.transpose(2, 3)  # region points rotated: [B,R,L,2]
+    pts = torch.einsum("brij,brnj->brni", rot, lm[:, subsets.flatten()].view(b, r, n, 2))  # rotated: [B,R,L,2]
     lo, hi = pts.amin(2), pts.amax(2)  # [B,R,2]
-    size = hi - lo
-    centre = (((lo + hi) / 2)[:, :, None] @ rot)[:, :, 0]  # rotated back (row vector times R = R^T v): [B,R,2]
+    centre = torch.einsum("brji,brj->bri", rot, torch.lerp(lo, hi, 0.5))  # box centre rotated back (R^T): [B,R,2]
     oh, ow = out_hw
-    step = torch.stack([size[..., 0] * (scale[0] / ow), size[..., 1] * (scale[1] / oh)], -1)  # (sx, sy): [B,R,2]
-    linear = rot.transpose(2, 3) * step[:, :, None, :]  # R(-r) diag(sx, sy): [B,R,2,2]
-    shift = centre - linear[..., 0] * (ow / 2.0) - linear[..., 1] * (oh / 2.0)  # centre - linear (ow/2, oh/2)
-    return torch.cat([linear, shift[..., None]], 3)  # [B,R,2,3]
+    size = hi - lo
+    sx, sy = size[..., 0] * (scale[0] / ow), size[..., 1] * (scale[1] / oh)  # [B,R]
+    col_x, col_y = rot[..., 0, :] * sx[..., None], rot[..., 1, :] * sy[..., None]  # R(-r) diag(sx, sy) columns
+    shift = centre - col_x * (ow / 2.0) - col_y * (oh / 2.0)  # centre - linear (ow/2, oh/2): [B,R,2]
+    return torch.stack([col_x, col_y, shift], 3)  # [B,R,2,3]
 
 
 def region_matrix(landmarks: torch.Tensor, subset: torch.Tensor, left: int, right: int, out_hw: tuple[int, int],
@@ -64,24 +65,28 @@ def region_matrix(landmarks: torch.Tensor, subset: torch.Tensor, left: int, righ
 
 def crop_features(features: torch.Tensor, matrix: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """[B,C,H,W] sampled through ``matrix`` [B,2,3] (crop pixel -> feature pixel) -> [B,C,o,o]; with R matrices per
-    map, [B,R,2,3] -> [B,C,R,o,o] (one sampling call: the R crops are stacked along the height)."""
-    b, _, h, w = features.shape
+    map, [B,R,2,3] -> [B,R,C,o,o] (one sampling call: the R crops are a batch over the same map, sampled in
+    parallel)."""
+    b, c, h, w = features.shape
     oh, ow = out_hw
     m = _as(matrix, torch.float32).reshape(b, -1, 2, 3)  # [B,R,2,3] (R = 1 for a [B,2,3] matrix)
     r = m.shape[1]
     ys, xs = torch.meshgrid(torch.arange(oh, device=features.device, dtype=torch.float32) + 0.5,
                             torch.arange(ow, device=features.device, dtype=torch.float32) + 0.5, indexing="ij")
-    grid = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, 1, -1, 3)  # (u + 0.5, v + 0.5, 1): [1,1,o*o,3]
-    pos = grid @ m.transpose(2, 3) - 0.5  # feature pixel coordinates: [B,R,o*o,2]
+    grid = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # (u + 0.5, v + 0.5, 1): [o*o,3]
+    pos = torch.einsum("kj,brij->brki", grid, m) - 0.5  # feature pixel coordinates: [B,R,o*o,2]
     inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= w - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= h - 1))  # [B,R,o*o]
     norm = torch.stack([pos[..., 0] / max(w - 1, 1), pos[..., 1] / max(h - 1, 1)], -1) * 2 - 1  # align_corners=True
-    grid = _as(norm.view(b, r * oh, ow, 2), features.dtype)  # [B,R,o*o,2] -> [B,R*o,o,2]
-    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # [B,C,R*o,o]
-    out = out.view(b, -1, r, oh, ow) * inside.view(b, 1, r, oh, ow)  # [B,C,R*o,o] -> [B,C,R,o,o] (bool promotes)
-    return out if matrix.dim() == 4 else out[:, :, 0]  # [B,C,o,o] for one matrix per map
+    grid = _as(norm.view(b * r, oh, ow, 2), features.dtype)  # [B,R,o*o,2] -> [B*R,o,o,2]
+    maps = features[:, None].expand(b, r, c, h, w).reshape(b * r, c, h, w)  # each map once per crop (a view if B=1)
+    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # [B*R,C,o,o]
+    out = (out * inside.view(b * r, 1, oh, ow)).view(b, r, c, oh, ow)  # outside samples are zero (bool promotes)
+    return out if matrix.dim() == 4 else out[:, 0]  # [B,C,o,o] for one matrix per map
 
 
-def map_landmarks(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """[...,N,2] through the affine ``matrix`` [...,2,3] (one per leading index) -> [...,N,2]."""
-    m = _as(matrix, points.dtype)
-    return points @ m[..., :2].transpose(-1, -2) + m[..., None, :, 2]  # row vectors times the transposed linear part
+def map_landmarks(points: torch.Tensor, matrix: torch.Tensor, shift_scale: float = 1.0) -> torch.Tensor:
+    """[...,N,2] through the affine ``matrix`` [...,2,3] (one per leading index; its translation times
+    ``shift_scale``) -> [...,N,2]: one einsum of (x, y, shift_scale) with the matrix rows."""
+    x, y = points.unbind(-1)
+    homogeneous = torch.stack([x, y, torch.full_like(x, shift_scale)], -1)  # [...,N,3]
+    return torch.einsum("...nj,...ij->...ni", homogeneous, _as(matrix, points.dtype))
