@@ -46,14 +46,15 @@ def normalize_radians(a: torch.Tensor) -> torch.Tensor:
 
 
 def roi_matrix(rois: torch.Tensor, n: int) -> torch.Tensor:
-    """[B,5] ROIs -> [B,2,3] maps from an ``n`` x ``n`` tensor's pixels to image pixels."""
-    cx, cy, w, h, t = rois.float().unbind(-1)
-    c, s = torch.cos(t), torch.sin(t)
-    a, b = w / n, h / n
-    # p = centre + R(t) diag(w/n, h/n) (u, v) - R(t) (w/2, h/2)
-    row0 = torch.stack([c * a, -s * b, cx - (c * w - s * h) / 2], -1)
-    row1 = torch.stack([s * a, c * b, cy - (s * w + c * h) / 2], -1)
-    return torch.stack([row0, row1], 1)
+    """[B,5] ROIs -> [B,2,3] maps from an ``n`` x ``n`` tensor's pixels to image pixels (float32; a few numbers per
+    ROI, computed in Python floats)."""
+    out = []
+    for cx, cy, w, h, t in rois.float().tolist():
+        c, s = (math.cos(t), math.sin(t)) if math.isfinite(t) else (math.nan, math.nan)
+        a, b = w / n, h / n
+        # p = centre + R(t) diag(w/n, h/n) (u, v) - R(t) (w/2, h/2)
+        out.append([[c * a, -s * b, cx - (c * w - s * h) / 2], [s * a, c * b, cy - (s * w + c * h) / 2]])
+    return torch.tensor(out, dtype=torch.float32, device=rois.device).view(-1, 2, 3)
 
 
 def letterbox_rois(height: int, width: int, batch: int = 1) -> torch.Tensor:
