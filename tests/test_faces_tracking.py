@@ -76,6 +76,18 @@ def test_landmark_smoother_keeps_rigid_motion_and_removes_shape_noise():
     assert float(out[30:, eyes, :2].std(0).mean()) < 0.3 * float(noisy[30:, eyes, :2].std(0).mean())
 
 
+def test_landmark_smoother_passes_collapsed_faces_through():
+    """Rigid points without spread (a degenerate mesh) have no pose: the frame comes back as it is and the next one
+    starts a new track, instead of a division by zero."""
+    g = torch.Generator().manual_seed(4)
+    sm = LandmarkSmoother(25.0)
+    collapsed = torch.full((478, 3), 7.0)
+    assert torch.equal(sm(collapsed), collapsed)  # collapsed reference
+    face = _face(g)
+    assert torch.allclose(sm(face), face, atol=1e-4)  # a fresh track: the first frame passes through
+    assert torch.equal(sm(collapsed), collapsed) and sm.reference is None  # collapsed frame after a good one
+
+
 def test_jitter_metric_ignores_head_motion():
     g = torch.Generator().manual_seed(1)
     face = _face(g)

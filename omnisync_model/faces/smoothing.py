@@ -140,6 +140,9 @@ class LandmarkSmoother:
             self.reference = rigid - src
         a = rigid - src
         k = np.vdot(a, self.reference) / max(np.vdot(a, a).real, 1e-12)  # least-squares frame -> head similarity
+        if not (np.isfinite(k) and abs(k) > 1e-9):  # collapsed rigid points (now or in the reference): no pose
+            self.reset()
+            return landmarks.detach().clone()
         lm[:, 0:2] = (k * (xy - src) + self.centre).view(np.float64).reshape(-1, 2)  # shape in the head frame
         lm[:, 2] *= abs(k)  # [P,3]
         size = face_size(lm)
