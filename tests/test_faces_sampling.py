@@ -44,6 +44,26 @@ def test_canvas_sampler_equals_the_pixel_gather_bit_for_bit(monkeypatch):
         assert torch.equal(got, R.sample(img, m, 24, border))
 
 
+def test_axis_aligned_blocks_equal_the_pixel_gather_bit_for_bit(monkeypatch):
+    """A letterbox (rotation 0) too large for the canvas reads the pixel blocks of its sample rows and columns: the
+    same values as the four-pixel gather, inside, across and outside the frame, for both borders."""
+    monkeypatch.setattr(R, "CANVAS_LIMIT", 0)
+    g = torch.Generator().manual_seed(9)
+    for h, w in ((60, 110), (97, 40), (1, 1), (5, 300)):
+        padded = torch.randint(0, 256, (h, w + 3, 3), generator=g, dtype=torch.uint8)
+        for img in (padded[:, :w], padded[:, :w].contiguous()):
+            for rois in (R.letterbox_rois(h, w), torch.tensor([[w / 3, h / 2, w * 1.7, h * 0.4, 0.0]]),
+                         torch.tensor([[-20.0, h + 30.0, 25.0, 25.0, 0.0]])):
+                m = R.roi_matrix(rois, 24)[0]
+                for border in ("zero", "replicate"):
+                    q = R._positions(m, 24, "cpu")
+                    assert R._separable(img, q.clone(), border) is not None
+                    q = q.long().view(-1, 2)
+                    assert torch.equal(R.sample(img, m, 24, border), R._gather(img, q[:, 0], q[:, 1], 24, border))
+    m = R.roi_matrix(torch.tensor([[30.0, 30.0, 40.0, 40.0, 0.2]]), 24)[0]  # rotated: not separable
+    assert R._separable(padded, R._positions(m, 24, "cpu"), "zero") is None
+
+
 def test_canvas_covers_the_samples_with_power_of_two_sides():
     for img, m, border in _cases(200, 11):
         q = R._positions(m, 24, "cpu")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,14 +124,13 @@ def decode(boxes: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor,
     return box, kps, score
 
 
-def _iou(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU of one box [4] with [N,4]."""
-    lo = torch.maximum(box[:2], others[:, :2])
-    hi = torch.minimum(box[2:], others[:, 2:])
-    inter = (hi - lo).clamp(min=0).prod(1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    union = area(box) + area(others) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+    lo = np.maximum(box[:2], others[:, :2])
+    hi = np.minimum(box[2:], others[:, 2:])
+    inter = (hi - lo).clip(min=0).prod(1)
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,23 +156,23 @@ def weighted_nms(box: torch.Tensor, kps: torch.Tensor, score: torch.Tensor, min_
 
     Anchors scoring below ``min_score`` (or with negative / NaN sizes) are dropped; then, by decreasing score, the
     best remaining anchor and every remaining anchor overlapping it by IoU > ``iou`` form a cluster, replaced by
-    their score-weighted mean box and keypoints, with the best anchor's score."""
-    w, h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
-    keep = (score >= min_score) & (w >= 0) & (h >= 0)  # NaN compares False
-    box, kps, score = box[keep], kps[keep], score[keep]
-    order = torch.argsort(score, descending=True, stable=True)
-    box, kps, score = box[order], kps[order], score[order]
+    their score-weighted mean box and keypoints, with the best anchor's score. A few anchors pass the threshold, so
+    the loop runs in numpy (float64) and the result comes back as float32 tensors on the inputs' device."""
+    b, k, s = (t.detach().cpu().double().numpy() for t in (box, kps, score))
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    keep = (s >= min_score) & (w >= 0) & (h >= 0)  # NaN compares False
+    order = np.argsort(-s[keep], kind="stable")  # decreasing score, ties in anchor order
+    b, k, s = b[keep][order], k[keep][order], s[keep][order]
     out_b, out_k, out_s = [], [], []
-    while score.numel():
-        cluster = _iou(box[0], box) > iou
+    while s.size:
+        cluster = _iou(b[0], b) > iou
         cluster[0] = True
-        wgt = score[cluster]
-        total = wgt.sum()
-        out_b.append((box[cluster] * wgt[:, None]).sum(0) / total)
-        out_k.append((kps[cluster] * wgt[:, None, None]).sum(0) / total)
-        out_s.append(score[0])
-        rest = ~cluster
-        box, kps, score = box[rest], kps[rest], score[rest]
+        wgt = s[cluster]
+        out_b.append((b[cluster] * wgt[:, None]).sum(0) / wgt.sum())
+        out_k.append((k[cluster] * wgt[:, None, None]).sum(0) / wgt.sum())
+        out_s.append(s[0])
+        b, k, s = b[~cluster], k[~cluster], s[~cluster]
     if not out_s:
         return Detections.empty(kps.shape[1])
-    return Detections(torch.stack(out_b), torch.stack(out_k), torch.stack(out_s))
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(box.device)  # noqa: E731
+    return Detections(as_tensor(out_b), as_tensor(out_k), as_tensor(out_s))

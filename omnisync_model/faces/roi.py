@@ -69,7 +69,8 @@ def sample(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str) -> to
 
     As OpenCV's 8-bit warp, sample positions are rounded to 1/32 pixel (its interpolation table), which makes the
     weights exact. Only the region the samples read is converted to float (:func:`_canvas`); a region larger than
-    ``CANVAS_LIMIT`` pixels (a letterboxed whole frame) is read pixel by pixel instead (:func:`_gather`). Both forms
+    ``CANVAS_LIMIT`` pixels (a letterboxed whole frame) is gathered: the pixel blocks of the sample rows and columns
+    when the map is axis-aligned (:func:`_separable`), else each sample's four pixels (:func:`_gather`). All forms
     give the same values, bit for bit, on 8-bit images."""
     bands = sample_bands(image, matrix, n, border)  # [P,C,n/P,n]
     return bands.transpose(0, 1).reshape(-1, n, n).permute(1, 2, 0)  # [C,P,n/P,n] -> [C,n,n] -> [n,n,C]
@@ -80,6 +81,8 @@ def sample_bands(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str)
     (band p holds tensor rows p n/P ..; P = 1 when read by :func:`_gather`)."""
     q = _positions(matrix, n, image.device)  # [n,n,2]
     canvas = _canvas(image, q, border)
+    if canvas is None:
+        canvas = _separable(image, q, border)
     if canvas is None:
         q = q.clamp_(-2.0 ** 40, 2.0 ** 40).long().view(-1, 2)  # [n,n,2] -> [n*n,2] (far-off positions bounded)
         return _gather(image, q[:, 0], q[:, 1], n, border).permute(2, 0, 1)[None]  # [n,n,C] -> [1,C,n,n]
@@ -127,6 +130,33 @@ def _canvas(image: torch.Tensor, q: torch.Tensor,
     if short_x or short_y:
         pixels = F.pad(pixels, (0, short_x, 0, short_y), mode="constant" if border == "zero" else "replicate")
     return pixels, (ox, oy), (sw, sh)
+
+
+def _separable(image: torch.Tensor, q: torch.Tensor,
+               border: str) -> Optional[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]]:
+    """For an axis-aligned map (x depends on u only and y on v only: the detector's letterbox) whose region is too
+    large for :func:`_canvas`: the two pixels around each sample column times the two around each sample row, [2n,2n]
+    gathered by two index_selects (rows first: whole rows, then the columns), as a canvas in which sample (u, v) reads
+    the block (2u, 2v) .. (2u + 1, 2v + 1); ``q`` [n,n,2] is rewritten to positions in it. None for a rotated map."""
+    n = q.shape[0]
+    if not (torch.equal(q[0, :, 0], q[-1, :, 0]) and torch.equal(q[:, 0, 1], q[:, -1, 1])):  # monotonic: ends decide
+        return None
+    picks = []
+    for line, size in ((q[0, :, 0], image.shape[1]), (q[:, 0, 1], image.shape[0])):  # columns [n], then rows [n]
+        first = torch.floor(line / TAB)
+        pixels = torch.stack([first, first + 1], 1).view(-1).long()  # each sample's two pixels: [2n]
+        outside = ((pixels < 0) | (pixels >= size)).nonzero()[:, 0] if border == "zero" else None
+        picks.append((pixels.clamp_(0, size - 1), outside, line - first * TAB))  # (pixels, zero ones, 1/32 fraction)
+    (cols, cols_out, fx), (rows, rows_out, fy) = picks
+    block = image.index_select(0, rows).index_select(1, cols)  # [2n,2n,C] uint8 (or the frame's dtype)
+    if border == "zero":  # pixels outside the image are zero
+        block = block.index_fill_(0, rows_out, 0).index_fill_(1, cols_out, 0)
+    side = 1 << (2 * n - 1).bit_length()  # power of two >= 2n
+    canvas = F.pad(block.permute(2, 0, 1)[None].float(), (0, side - 2 * n, 0, side - 2 * n))  # [1,C,side,side]
+    corner = torch.arange(n, device=q.device, dtype=q.dtype) * (2 * TAB)  # [n] block corners, 1/32 pixel
+    q[..., 0] = corner[None, :] + fx[None, :]
+    q[..., 1] = corner[:, None] + fy[:, None]
+    return canvas, (0, 0), (side, side)
 
 
 def _gather(image: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, n: int, border: str) -> torch.Tensor:
