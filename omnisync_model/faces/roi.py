@@ -16,8 +16,9 @@ Facts (MediaPipe's ``image_to_tensor_utils.cc``, ``image_to_tensor_converter_ope
 
 Sampling (:func:`sample`) runs grid_sample on a float copy of the region the samples read, whose sides are powers of
 two: then every coordinate the kernel computes is exact (positions are multiples of 1/32), so are the weights and the
-sums of 8-bit pixels, and the result equals OpenCV's fixed-point warp bit for bit (as the per-pixel gather, kept for
-regions over ``CANVAS_LIMIT`` pixels, does).
+sums of 8-bit pixels, and the result equals OpenCV's fixed-point warp bit for bit. Regions over ``CANVAS_LIMIT``
+pixels gather the pixel blocks of their sample rows and columns into such a canvas (axis-aligned maps) or read each
+sample's four pixels (rotated ones): the same values.
 
 Shape legend
   B  ROIs / frames      N  points      H, W, C  image size      n  tensor side
