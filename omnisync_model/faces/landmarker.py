@@ -185,7 +185,8 @@ class FaceLandmarker:
     @torch.no_grad()
     def landmarks_raw(self, frame: Frame, rois: torch.Tensor) -> dict[str, torch.Tensor]:
         """The mesh's outputs for each ROI [N,5] of one frame (192-pixel units; see :class:`.mesh.FaceMesh`)."""
-        return self._mesh_outputs(frame, rois.float(), R.roi_matrix(rois.float(), self.mesh.config.input_size))
+        rois = rois.float()
+        return self._mesh_outputs(frame, rois, R.roi_matrix(rois, self.mesh.config.input_size))
 
     @torch.no_grad()
     def landmarks(self, frame: Frame, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

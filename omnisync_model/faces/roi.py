@@ -99,6 +99,11 @@ def sample_bands(image: torch.Tensor, matrix: torch.Tensor, n: int, border: str)
                          padding_mode="zeros" if border == "zero" else "border", align_corners=False)  # [P,C,n/P,n]
 
 
+def _power_of_two(count: int) -> int:
+    """The smallest power of two >= ``count`` (>= 1)."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
 def _parts(n: int) -> int:
     """The largest divisor of ``n`` up to the number of torch threads."""
     return max(k for k in range(1, min(torch.get_num_threads(), n) + 1) if n % k == 0)
@@ -120,7 +125,7 @@ def _canvas(image: torch.Tensor, q: torch.Tensor,
     for first, last, size in zip(map(min, *corners), map(max, *corners), (wid, hgt)):
         first, last = math.floor(first / TAB), math.floor(last / TAB) + 1  # pixels read
         a, b = min(max(first, 0), size - 1), min(max(last, 0), size - 1)  # the image's pixels among them
-        side.append(1 << (b - a).bit_length())  # power of two >= b - a + 1
+        side.append(_power_of_two(b - a + 1))
         origin.append(max(0, min(a, size - side[-1])))
     (ox, oy), (sw, sh) = origin, side
     if sw * sh > CANVAS_LIMIT:
@@ -152,7 +157,7 @@ def _separable(image: torch.Tensor, q: torch.Tensor,
     block = image.index_select(0, rows).index_select(1, cols)  # [2n,2n,C] uint8 (or the frame's dtype)
     if border == "zero":  # pixels outside the image are zero
         block = block.index_fill_(0, rows_out, 0).index_fill_(1, cols_out, 0)
-    side = 1 << (2 * n - 1).bit_length()  # power of two >= 2n
+    side = _power_of_two(2 * n)
     canvas = F.pad(block.permute(2, 0, 1)[None].float(), (0, side - 2 * n, 0, side - 2 * n))  # [1,C,side,side]
     corner = torch.arange(n, device=q.device, dtype=q.dtype) * (2 * TAB)  # [n] block corners, 1/32 pixel
     q[..., 0] = corner[None, :] + fx[None, :]
@@ -240,36 +245,30 @@ def project(points: torch.Tensor, rois: torch.Tensor, n: int, matrix: Optional[t
     return torch.cat([xy, z], -1)
 
 
-def _square_roi(cx: torch.Tensor, cy: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
-                rotation: torch.Tensor) -> torch.Tensor:
-    side = torch.maximum(w, h) * ROI_SCALE  # square_long, then scale 1.5
-    return torch.stack([cx, cy, side, side, rotation], -1)
-
-
-def _rotation(p0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
-    """MediaPipe's ROI rotation from point p0 to p1 ([B,2] pixels), target angle 0."""
-    return normalize_radians(-torch.atan2(-(p1[:, 1] - p0[:, 1]), p1[:, 0] - p0[:, 0]))
-
-
-def rois_from_detections(boxes: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-    """Boxes [B,4] (x0, y0, x1, y1) and keypoints [B,K,2], image pixels -> face ROIs [B,5]."""
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return _square_roi(cx, cy, w, h, _rotation(keypoints[:, 0], keypoints[:, 1]))
-
-
-def rois_from_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
-    """Landmarks [B,N,>=2] in image pixels -> the next frame's face ROIs [B,5] (a few numbers per face: computed in
-    Python floats)."""
-    lo, hi = landmarks[..., :2].aminmax(dim=1)  # [B,2] each
-    a, b = ROTATION_POINTS
-    rows = torch.cat([lo, hi, landmarks[:, a, :2], landmarks[:, b, :2]], 1).tolist()  # [B,8]
+def _square_rois(rows: torch.Tensor) -> torch.Tensor:
+    """[B,8] (x0, y0, x1, y1) of a box and the two rotation points (p0, p1), image pixels -> square ROIs [B,5]: the
+    box centre, its longer side times 1.5 (MediaPipe's square_long, scale 1.5) and the rotation from p0 to p1 (target
+    angle 0), normalised to [-pi, pi). A few numbers per face: computed in Python floats; NaN stays NaN."""
     out = []
-    for x0, y0, x1, y1, ax, ay, bx, by in rows:
+    for x0, y0, x1, y1, ax, ay, bx, by in rows.tolist():
         w, h = x1 - x0, y1 - y0
         side = (max(w, h) if w == w and h == h else math.nan) * ROI_SCALE  # NaN stays NaN, as in torch.maximum
         t = -math.atan2(-(by - ay), bx - ax)
         t = t - 2 * math.pi * math.floor((t + math.pi) / (2 * math.pi)) if math.isfinite(t) else math.nan
         out.append([(x0 + x1) / 2, (y0 + y1) / 2, side, side, t])
-    dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
-    return torch.tensor(out, dtype=dtype, device=landmarks.device).view(-1, 5)  # [B,5]
+    dtype = rows.dtype if rows.is_floating_point() else torch.float32
+    return torch.tensor(out, dtype=dtype, device=rows.device).view(-1, 5)  # [B,5]
+
+
+def rois_from_detections(boxes: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """Boxes [B,4] (x0, y0, x1, y1) and keypoints [B,K,2], image pixels -> face ROIs [B,5] (rotation from keypoint 0
+    to keypoint 1)."""
+    return _square_rois(torch.cat([boxes, keypoints[:, 0], keypoints[:, 1]], 1))
+
+
+def rois_from_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
+    """Landmarks [B,N,>=2] in image pixels -> the next frame's face ROIs [B,5] (box of all landmarks, rotation from
+    point 33 to point 263)."""
+    lo, hi = landmarks[..., :2].aminmax(dim=1)  # [B,2] each
+    a, b = ROTATION_POINTS
+    return _square_rois(torch.cat([lo, hi, landmarks[:, a, :2], landmarks[:, b, :2]], 1))  # [B,8]
